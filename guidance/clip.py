@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from contextlib import contextmanager
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -132,6 +133,7 @@ class ClipModel:
     std: torch.Tensor
     cache_size: int = 4096
     _text_cache: OrderedDict = field(default_factory=OrderedDict, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     cache_hits: int = 0
     cache_misses: int = 0
 
@@ -164,7 +166,10 @@ class ClipModel:
 
     def encode_text(self, prompts: Sequence[str]) -> torch.Tensor:
         """Unit-norm text embeddings (N, D); cached per prompt, and uncached prompts go in one batch."""
-        prompts = list(prompts)
+        with self._lock:
+            return self._encode_text(list(prompts))
+
+    def _encode_text(self, prompts: list[str]) -> torch.Tensor:
         missing = list(dict.fromkeys(p for p in prompts if p not in self._text_cache))
         self.cache_hits += len(prompts) - sum(p in missing for p in prompts)
         self.cache_misses += len(missing)
@@ -223,6 +228,19 @@ def _quiet_open_clip():
         yield
     finally:
         logger.setLevel(level)
+
+
+_LOADED: dict[tuple, ClipModel] = {}
+_LOAD_LOCK = threading.Lock()
+
+
+def get_clip(name: str = DEFAULT_MODEL, pretrained: str | os.PathLike | None = None, device=None) -> ClipModel:
+    """`load_clip`, but each (name, weights, device) is loaded once per process and then shared."""
+    key = (name, str(pretrained) if pretrained else None, str(device) if device else None)
+    with _LOAD_LOCK:
+        if key not in _LOADED:
+            _LOADED[key] = load_clip(name, pretrained, device)
+        return _LOADED[key]
 
 
 def tiny_clip(seed: int = 0, device: str | torch.device = "cpu") -> ClipModel:

@@ -1,0 +1,1 @@
+"""Text-to-image by optimising an image parameterisation directly against a CLIP guide."""

@@ -1,0 +1,116 @@
+"""What every method's optimisation loop shares: progress, cancellation, timing and the result record.
+
+Methods differ in what they optimise; they should not differ in how a user watches, stops or reproduces
+a run. A method hands `run_steps` a function doing one step; `run_steps` calls the progress callback
+(Gradio, tqdm, a test), honours a cancel token between steps, and records per-step loss values.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from guidance.errors import ParameterError
+
+
+@dataclass
+class StepInfo:
+    """What a progress callback sees after each step."""
+
+    step: int
+    total: int
+    values: dict[str, float]
+    preview: torch.Tensor | None = None
+
+
+StepCallback = Callable[[StepInfo], None]
+
+
+class CancelToken:
+    """Thread-safe flag a UI sets to stop a run after the current step (the partial result is kept)."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+
+@dataclass
+class RunResult:
+    """A method's output: images (B, 3, H, W) in [0, 1] plus the record needed to trust and reproduce it."""
+
+    images: torch.Tensor
+    settings: dict[str, Any]
+    history: list[dict[str, float]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    cancelled: bool = False
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def image(self):
+        """The first image as PIL, for the app and the API."""
+        from guidance.images import tensor_to_pil
+
+        return tensor_to_pil(self.images)
+
+    def record(self) -> dict[str, Any]:
+        """Everything but the pixels, JSON-ready: embedded in the PNG and written to manifests."""
+        last = self.history[-1] if self.history else {}
+        return {
+            "settings": self.settings,
+            "final": last,
+            "steps_done": len(self.history),
+            "timings": {k: round(v, 4) for k, v in self.timings.items()},
+            "cancelled": self.cancelled,
+        }
+
+
+def check_steps(steps: int, limit: int = 100_000) -> int:
+    if not isinstance(steps, int) or not 1 <= steps <= limit:
+        raise ParameterError(f"steps={steps!r} must be an integer in 1..{limit}")
+    return steps
+
+
+def run_steps(
+    steps: int,
+    step_fn: Callable[[int], dict[str, float]],
+    callback: StepCallback | None = None,
+    cancel: CancelToken | None = None,
+    preview_fn: Callable[[], torch.Tensor] | None = None,
+    preview_every: int = 10,
+    progress: bool = True,
+    desc: str = "",
+) -> tuple[list[dict[str, float]], bool, float]:
+    """Run `step_fn(i)` for i in range(steps); returns (history, cancelled, seconds)."""
+    check_steps(steps)
+    history: list[dict[str, float]] = []
+    start = time.perf_counter()
+    bar = tqdm(total=steps, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
+    cancelled = False
+    try:
+        for i in range(steps):
+            if cancel is not None and cancel.cancelled:
+                cancelled = True
+                break
+            values = step_fn(i)
+            history.append(values)
+            bar.update(1)
+            if "loss" in values:
+                bar.set_postfix(loss=f"{values['loss']:.4f}", refresh=False)
+            if callback is not None:
+                last = i == steps - 1
+                preview = preview_fn() if preview_fn is not None and (last or i % preview_every == 0) else None
+                callback(StepInfo(i + 1, steps, values, preview))
+    finally:
+        bar.close()
+    return history, cancelled, time.perf_counter() - start
