@@ -28,6 +28,7 @@ CONFIG_DIRS = (ROOT / "guidance" / "model_configs", ROOT / "world" / "model_conf
 PACKAGED_WEIGHT_DIRS = (ROOT / "world" / "models",)
 TINY_MODEL = "tiny-clip"
 DEFAULT_MODEL = "world-guide"
+RANDOM = "random"  # pretrained="random": seeded random init, for benchmarks and tests of the plumbing
 
 for _dir in CONFIG_DIRS:
     if _dir.is_dir():
@@ -208,6 +209,10 @@ def load_clip(
 ) -> ClipModel:
     """Load a CLIP by open_clip name and pretrained tag or local file, frozen, ready for guidance."""
     device = torch.device(device) if device is not None else default_device()
+    if pretrained == RANDOM:
+        if name not in open_clip.list_models():
+            resolve_weights(name, None)  # raises the unknown-name error
+        return _random_model(name, 0, device)
     path = resolve_weights(name, pretrained)
     try:
         model = open_clip.create_model(name, pretrained=str(path), device="cpu")
@@ -245,7 +250,11 @@ def get_clip(name: str = DEFAULT_MODEL, pretrained: str | os.PathLike | None = N
 
 def tiny_clip(seed: int = 0, device: str | torch.device = "cpu") -> ClipModel:
     """A small randomly initialised CLIP for tests: same code path as real models, no weights needed."""
+    return _random_model(TINY_MODEL, seed, torch.device(device))
+
+
+def _random_model(name: str, seed: int, device: torch.device) -> ClipModel:
     with torch.random.fork_rng(devices=[]), _quiet_open_clip():
         torch.manual_seed(seed)
-        model = open_clip.create_model(TINY_MODEL, pretrained=None, device="cpu")
-    return _wrap(model, TINY_MODEL, torch.device(device))
+        model = open_clip.create_model(name, pretrained=None, device="cpu")
+    return _wrap(model, name, device)
