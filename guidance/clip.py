@@ -10,11 +10,11 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from contextlib import contextmanager
 from collections import OrderedDict
+from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import open_clip
 import torch

@@ -8,8 +8,9 @@ The result carries the scalar loss for backward and plain floats per term for pr
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F

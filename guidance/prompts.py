@@ -7,8 +7,8 @@ does, which gives steadier directions than one phrasing.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -8,13 +8,13 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from generators.image.pyramid import PyramidImage
 from guidance.augment import Cutouts
-from guidance.clip import ClipModel, DEFAULT_MODEL, get_clip
+from guidance.clip import DEFAULT_MODEL, ClipModel, get_clip
 from guidance.errors import ParameterError
 from guidance.guide import Guide, PromptTerm, TVTerm
 from guidance.prompts import IMAGENET_TEMPLATES, PLAIN_TEMPLATES, parse_prompts
 from guidance.runs import CancelToken, RunResult, StepCallback, check_steps, run_steps
-from generators.image.pyramid import PyramidImage
 
 TEMPLATE_SETS = {"plain": PLAIN_TEMPLATES, "imagenet": IMAGENET_TEMPLATES}
 
@@ -38,7 +38,7 @@ class GenerateSettings:
     model: str = DEFAULT_MODEL
     pretrained: str | None = None
 
-    def validate(self) -> "GenerateSettings":
+    def validate(self) -> GenerateSettings:
         parse_prompts(self.prompt)
         check_steps(self.steps)
         if not 16 <= self.size <= 2048:
