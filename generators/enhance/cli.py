@@ -1,0 +1,108 @@
+"""Enhance a folder of back-lit photos.
+
+``python -m generators.enhance.cli --checkpoint clip-lit --input DIR --output DIR``
+
+Writes ``OUTPUT/<name>.png`` with the settings and statistics embedded as PNG text (key ``clipkit``). Resumable:
+an output that already holds the same settings is skipped; one made with other settings stops the run unless
+``--overwrite``. Inputs are never written: the output folder must differ from the input folder and no output may
+resolve to an input file. Writes are atomic (temporary file + rename), so an interrupted run leaves no half files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from PIL import Image, PngImagePlugin
+from tqdm import tqdm
+
+from .api import enhance, load_preset
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+META_KEY = "clipkit"
+
+
+def list_images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+
+
+def settings_of(path: Path) -> dict | None:
+    """Settings embedded in one of our outputs, or None if it has none."""
+    try:
+        with Image.open(path) as im:
+            text = im.info.get(META_KEY)
+        return json.loads(text)["settings"] if text else None
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def save_png(image: Image.Image, path: Path, meta: dict) -> None:
+    """Atomic PNG write with ``meta`` as JSON text."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text(META_KEY, json.dumps(meta))
+    tmp = path.with_name(f".{path.name}.tmp")
+    image.save(tmp, format="PNG", pnginfo=info)
+    os.replace(tmp, path)
+
+
+def plan(inputs: list[Path], out_dir: Path) -> list[tuple[Path, Path]]:
+    """(input, output) pairs; refuses any output that would land on an input or collide with another output."""
+    in_set = {p.resolve() for p in inputs}
+    pairs, seen = [], set()
+    for p in inputs:
+        out = out_dir / f"{p.stem}.png"
+        if out.resolve() in in_set:
+            raise SystemExit(f"refusing to write {out}: it is an input file")
+        if out in seen:
+            raise SystemExit(f"two inputs map to the same output {out} (same name, different extension)")
+        seen.add(out)
+        pairs.append((p, out))
+    return pairs
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m generators.enhance.cli", description=__doc__.split("\n")[0])
+    ap.add_argument("--input", required=True, type=Path, help="folder of images (not searched recursively)")
+    ap.add_argument("--output", required=True, type=Path, help="folder for the PNG results")
+    ap.add_argument("--checkpoint", default=None, help="published name (clip-lit, rave-unpaired, ...) or file")
+    ap.add_argument("--preset", default=None, help="gentle, strong, or a checkpoint preset (presets/enhance-*.json)")
+    ap.add_argument("--strength", type=float, default=None, help="0 = unchanged, 1 = as trained (default)")
+    ap.add_argument("--tile", default="auto", help="tile core size in pixels, 'none', or 'auto' (default)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--overwrite", action="store_true", help="redo outputs made with other settings")
+    args = ap.parse_args(argv)
+
+    if not args.input.is_dir():
+        raise SystemExit(f"input folder {args.input} does not exist")
+    if args.output.resolve() == args.input.resolve():
+        raise SystemExit("the output folder must differ from the input folder (inputs are never overwritten)")
+    preset = load_preset(args.preset) if args.preset else {}
+    tile = None if args.tile == "none" else ("auto" if args.tile == "auto" else int(args.tile))
+    settings = {
+        "checkpoint": args.checkpoint or preset.get("checkpoint", "clip-lit"),
+        "strength": args.strength if args.strength is not None else float(preset.get("strength", 1.0)),
+    }
+    inputs = list_images(args.input)
+    args.output.mkdir(parents=True, exist_ok=True)
+    done = skipped = 0
+    for src, dst in tqdm(plan(inputs, args.output), desc="enhance", unit="img"):
+        if dst.exists() and not args.overwrite:
+            old = settings_of(dst)
+            if old == settings:
+                skipped += 1
+                continue
+            raise SystemExit(f"{dst} exists with other settings ({old}); pass --overwrite or another --output")
+        image, record = enhance(src, settings["checkpoint"], tile=tile, strength=settings["strength"],
+                                device=args.device)
+        record["input"] = str(src)
+        save_png(image, dst, {"settings": settings, "record": record})
+        done += 1
+    print(f"enhanced {done}, skipped {skipped} already done, into {args.output}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,223 @@
+"""Enhancement network on the published CLIP-LIT / RAVE weights: loading, tiling, safety, real photos, CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from generators.enhance import checkpoints
+from generators.enhance.api import enhance, enhance_image_tensor, enhance_pair, load_image, pil_to_tensor
+from generators.enhance.cli import main as cli_main
+from generators.enhance.cli import settings_of
+from generators.enhance.metrics import dark_region_gain, image_stats, luma
+from generators.enhance.network import EnhanceNet, apply_illumination, upsample_window
+from generators.enhance.tiling import illumination
+
+PHOTOS = checkpoints.REPO_ROOT.parent / "shared" / "images" / "backlit"
+PHOTO = PHOTOS / "110_51093502029_o.jpg"
+needs_weights = pytest.mark.skipif(
+    not (checkpoints.weights_dir() / checkpoints.PUBLISHED["clip-lit"]).is_file(),
+    reason="published weights not present in ../shared/weights (or $CLIPKIT_WEIGHTS_DIR)",
+)
+needs_photos = pytest.mark.skipif(not PHOTO.is_file(), reason="../shared/images/backlit not present")
+
+
+@pytest.fixture(scope="module")
+def photo_small() -> torch.Tensor:
+    """A real back-lit photo at 1/8 size (256 x 192): fast, still mostly dark foreground under a bright sky."""
+    with Image.open(PHOTO) as im:
+        return pil_to_tensor(im.resize((256, 192), Image.BICUBIC))
+
+
+@pytest.fixture(scope="module")
+def photo_crop() -> torch.Tensor:
+    """A full-resolution crop of a real photo, small enough to run both tiled and untiled."""
+    return load_image(PHOTO)[..., 500:741, 300:633]
+
+
+@needs_weights
+@pytest.mark.parametrize("name", list(checkpoints.PUBLISHED))
+def test_every_published_checkpoint_loads_with_exact_keys(name):
+    path = checkpoints.resolve(name)
+    raw = torch.load(path, map_location="cpu", weights_only=True)
+    assert all(k.startswith("module.") for k in raw)
+    net = checkpoints.load_network(name)
+    assert set(net.state_dict()) == {k.removeprefix("module.") for k in raw}
+    for k, v in raw.items():
+        assert torch.equal(net.state_dict()[k.removeprefix("module.")], v)
+    assert net.out_channels == 1 and not net.training
+
+
+def test_pickles_are_loaded_weights_only(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    bad = tmp_path / "evil.pth"
+    with open(bad, "wb") as f:
+        pickle.dump({"cond1.weight": Evil()}, f, protocol=2)
+    with pytest.raises(checkpoints.CheckpointError, match="(?s)evil.pth.*weights_only=True"):
+        checkpoints.load_network(bad)
+    assert not marker.exists()
+
+
+def test_missing_and_corrupt_files_get_clear_errors(tmp_path, monkeypatch):
+    monkeypatch.setenv(checkpoints.WEIGHTS_ENV, str(tmp_path))
+    with pytest.raises(checkpoints.CheckpointError, match=r"rave-unpaired.*rave_unpaired\.pth.*CLIPKIT_WEIGHTS_DIR"):
+        checkpoints.load_network("rave-unpaired")
+    with pytest.raises(checkpoints.CheckpointError, match="does not exist"):
+        checkpoints.load_network(tmp_path / "nope.safetensors")
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\x00\x01 not a safetensors file")
+    with pytest.raises(checkpoints.CheckpointError, match="junk.safetensors.*corrupt"):
+        checkpoints.load_network(junk)
+    wrong = tmp_path / "wrong.pth"
+    torch.save({"module.cond1.weight": torch.zeros(1)}, wrong)
+    with pytest.raises(checkpoints.CheckpointError, match="not a CLIP-LIT/RAVE"):
+        checkpoints.load_network(wrong)
+
+
+def test_weights_dir_env_override(tmp_path, monkeypatch):
+    net = EnhanceNet().init_weights(torch.Generator().manual_seed(0))
+    (tmp_path / "rave").mkdir()
+    torch.save({"module." + k: v for k, v in net.state_dict().items()}, tmp_path / "rave" / "rave_paired.pth")
+    monkeypatch.setenv(checkpoints.WEIGHTS_ENV, str(tmp_path))
+    loaded = checkpoints.load_network("rave-paired")
+    assert torch.equal(loaded.cond1.weight, net.cond1.weight)
+
+
+@needs_weights
+def test_convert_to_safetensors_round_trips(tmp_path, photo_small):
+    dst = checkpoints.convert("rave-unpaired", tmp_path / "rave.safetensors")
+    state, meta = checkpoints.read_state_dict(dst)
+    assert meta["source_sha256"] == checkpoints.sha256(checkpoints.resolve("rave-unpaired"))
+    a = checkpoints.load_network("rave-unpaired")(photo_small)
+    b = checkpoints.load_network(dst)(photo_small)
+    assert torch.equal(a, b)
+
+
+def test_upsample_window_matches_interpolate():
+    c = torch.randn(2, 8, 6, 6, generator=torch.Generator().manual_seed(0))
+    for H, W, top, left, h, w in [(37, 53, 3, 10, 20, 30), (100, 7, 0, 0, 100, 7), (9, 250, 8, 249, 1, 1)]:
+        full = F.interpolate(c, (H, W), mode="bilinear", align_corners=True)
+        part = upsample_window(c, (top, left, h, w, H, W))
+        torch.testing.assert_close(part, full[..., top : top + h, left : left + w], atol=1e-5, rtol=0)
+
+
+def test_fully_convolutional_any_size():
+    net = EnhanceNet().init_weights(torch.Generator().manual_seed(1))
+    for shape in [(1, 3, 2, 2), (2, 3, 37, 53), (1, 3, 5, 128)]:
+        out = net(torch.rand(shape, generator=torch.Generator().manual_seed(2)))
+        assert out.shape == (shape[0], 1, *shape[2:]) and (out >= 0).all()
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        net(torch.rand(1, 4, 8, 8))
+
+
+@needs_weights
+@needs_photos
+def test_tiled_agrees_with_untiled_on_a_real_photo(photo_crop):
+    net = checkpoints.load_network("clip-lit")
+    with torch.no_grad():
+        full = net(photo_crop)
+        tiled = illumination(net, photo_crop, tile=160)  # 2 x 3 tiles, ragged last row/column
+        approx = illumination(net, photo_crop, tile=160, context="downscaled")
+        # The context is what makes tiles agree: without the whole image's context each tile pools only itself.
+        per_tile = torch.cat([net(photo_crop[..., :, :166]), net(photo_crop[..., :, 166:])], -1)
+        batch = torch.cat([photo_crop, photo_crop.flip(-1)])[..., :90, :110]
+        batch_full, batch_tiled = net(batch), illumination(net, batch, tile=48)
+    assert (full - tiled).abs().max() < 1e-4
+    assert (full - per_tile).abs().max() > 100 * (full - tiled).abs().max()
+    assert (full - approx).abs().max() < 1e-2
+    torch.testing.assert_close(batch_tiled, batch_full, atol=1e-4, rtol=0)
+
+
+def test_division_is_safe_for_black_pixels_and_zero_illumination():
+    image = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    image[..., :4, :] = 0
+    out = apply_illumination(image, torch.zeros(1, 1, 8, 8))
+    assert torch.isfinite(out).all()
+    assert (out[..., :4, :] == 0).all() and (out[..., 4:, :][image[..., 4:, :] > 0] == 1).all()
+    assert torch.equal(apply_illumination(image, torch.rand(1, 1, 8, 8), strength=0.0), image)
+    # A network whose illumination is exactly zero everywhere (dead ReLU): still a finite image.
+    net = EnhanceNet()
+    for p in net.parameters():
+        torch.nn.init.zeros_(p)
+    _, rec = enhance_image_tensor(torch.zeros(1, 3, 16, 16), net, tile=None)
+    assert rec["after"]["mean_rgb"] == [0.0, 0.0, 0.0]
+
+
+@needs_weights
+@needs_photos
+@pytest.mark.parametrize("name", ["clip-lit", "rave-unpaired"])
+def test_real_backlit_photo_gets_brighter_in_its_dark_regions(name, photo_small):
+    out, rec = enhance_image_tensor(photo_small, name)
+    assert torch.isfinite(out).all() and out.min() >= 0 and out.max() <= 1
+    dark = luma(photo_small) < 0.2
+    assert dark.float().mean() > 0.15  # the photo really is back-lit
+    assert dark_region_gain(photo_small, out) > 0.08  # clip-lit lifts ~0.2, rave-unpaired ~0.12
+    assert rec["after"]["dark_fraction"] < 0.5 * rec["before"]["dark_fraction"]
+    # The bright sky is not blown out: pixels already bright stay close to where they were.
+    bright = luma(photo_small) > 0.8
+    assert (luma(out)[bright] - luma(photo_small)[bright]).abs().mean() < 0.1
+
+
+@needs_weights
+@needs_photos
+def test_strength_and_presets(photo_small):
+    stats = [image_stats(enhance_image_tensor(photo_small, "clip-lit", strength=s)[0])["luminance"]
+             for s in (0.0, 0.5, 1.0, 1.5)]
+    assert stats[0] == image_stats(photo_small)["luminance"]
+    assert stats[0] < stats[1] < stats[2] < stats[3]
+    gentle, rec_g = enhance(photo_small, preset="gentle")
+    strong, rec_s = enhance(photo_small, preset="strong")
+    assert rec_g["after"]["luminance"] < rec_s["after"]["luminance"] and rec_g["preset"] == "gentle"
+    for name in checkpoints.PUBLISHED:
+        preset = checkpoints.REPO_ROOT / "presets" / f"enhance-{name}.json"
+        assert json.loads(preset.read_text())["checkpoint"] == name
+    (before, after), rec = enhance_pair(photo_small, checkpoint="clip-lit")
+    assert before.size == after.size == (256, 192) and rec["size"] == [256, 192]
+
+
+@needs_weights
+def test_folder_cli_resumes_and_never_touches_inputs(tmp_path, capsys):
+    src, dst = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    g = torch.Generator().manual_seed(0)
+    for i in range(2):
+        Image.fromarray((torch.rand(40, 48, 3, generator=g) * 120).byte().numpy()).save(src / f"im{i}.jpg")
+    before = {p.name: p.read_bytes() for p in src.iterdir()}
+    args = ["--input", str(src), "--output", str(dst), "--checkpoint", "clip-lit"]
+    assert cli_main(args) == 0
+    outs = sorted(dst.iterdir())
+    assert [p.name for p in outs] == ["im0.png", "im1.png"]
+    assert settings_of(outs[0]) == {"checkpoint": "clip-lit", "strength": 1.0}
+    meta = json.loads(Image.open(outs[0]).info["clipkit"])
+    assert meta["record"]["after"]["luminance"] > meta["record"]["before"]["luminance"]
+    mtimes = [p.stat().st_mtime_ns for p in outs]
+    assert cli_main(args) == 0 and "skipped 2" in capsys.readouterr().err
+    assert [p.stat().st_mtime_ns for p in outs] == mtimes
+    with pytest.raises(SystemExit, match="other settings"):
+        cli_main(args + ["--strength", "0.5"])
+    with pytest.raises(SystemExit, match="must differ"):
+        cli_main(["--input", str(src), "--output", str(src)])
+    assert {p.name: p.read_bytes() for p in src.iterdir()} == before
+    assert not [p for p in dst.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+@pytest.mark.skipif(not os.environ.get("CLIPKIT_SLOW"), reason="full-resolution run (~1 min); set CLIPKIT_SLOW=1")
+@needs_weights
+@needs_photos
+def test_matches_the_authors_reference_outputs():
+    for name, ref in {"110_51093502029_o.jpg": (0.627, 0.643, 0.627),
+                      "111_51093504404_o.jpg": (0.680, 0.605, 0.599)}.items():
+        out, _ = enhance_image_tensor(load_image(PHOTOS / name, exif=False), "clip-lit", tile=None)
+        torch.testing.assert_close(out.mean((0, 2, 3)), torch.tensor(ref), atol=0.005, rtol=0)
