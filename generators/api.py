@@ -1,0 +1,227 @@
+"""The Python API: every method behind one call, taking PIL images or tensors and returning PIL images + a record.
+
+    from generators.api import run, generate, enhance, load_preset
+
+    result = run("generate", prompt="a red circle", steps=100, seed=1)     # or run(preset="ink-sketch")
+    result.image.save("out.png")              # PIL; result.save("out.png") embeds the settings instead
+    result.record                             # settings, final losses, timings: JSON-ready
+    enhance(Image.open("backlit.jpg"), strength=0.8).image
+
+A call holds no global state besides the shared, lazily loaded models (``guidance.clip.get_clip``): two calls in
+one process, or in two threads, give the same results they give alone. Progress goes to ``callback`` (a
+``StepInfo`` per step with per-loss values and now and then a preview tensor); a ``CancelToken`` stops a run after
+the current step and the partial result comes back with ``record["cancelled"] = True``.
+
+``clip="tiny"`` (or the environment variable ``CLIPKIT_TEST_MODELS=1``) swaps in the small random test CLIP, so
+the plumbing can be exercised on any machine without weights.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from generators.presets import (
+    Preset,
+    PresetError,
+    list_presets,
+    load_preset,
+    make_preset,
+    save_preset,
+    settings_dict,
+    settings_from_dict,
+)
+from generators.registry import Method, get_method, methods
+from guidance.clip import ClipModel
+from guidance.errors import ParameterError
+from guidance.images import as_tensor, load_image, save_image, tensor_to_pil
+from guidance.runs import CancelToken, RunResult, StepCallback, StepInfo
+
+TEST_MODELS_ENV = "CLIPKIT_TEST_MODELS"
+
+__all__ = ["Result", "run", "generate", "enhance", "build_settings", "methods", "load_preset", "list_presets",
+           "save_preset", "make_preset", "Preset", "PresetError", "CancelToken", "StepInfo", "test_models_enabled",
+           "tiny_model"]
+
+
+def test_models_enabled() -> bool:
+    """True when ``CLIPKIT_TEST_MODELS`` asks for the tiny random CLIP (tests, CI, demos without weights)."""
+    return os.environ.get(TEST_MODELS_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+_TINY: ClipModel | None = None
+_TINY_LOCK = threading.Lock()
+
+
+def tiny_model() -> ClipModel:
+    """The tiny test CLIP, built once per process and shared like ``get_clip`` models."""
+    global _TINY
+    with _TINY_LOCK:
+        if _TINY is None:
+            from guidance.clip import tiny_clip
+
+            _TINY = tiny_clip(0)
+        return _TINY
+
+
+@dataclass
+class Result:
+    """What a call returns: PIL images, the JSON-ready record (settings, losses, timings) and the raw run."""
+
+    images: list[Image.Image]
+    record: dict[str, Any]
+    run: RunResult = field(repr=False)
+
+    @property
+    def image(self) -> Image.Image:
+        return self.images[0]
+
+    @property
+    def tensors(self) -> torch.Tensor:
+        """The images as a (B, 3, H, W) float tensor in [0, 1]."""
+        return self.run.images
+
+    @property
+    def history(self) -> list[dict[str, float]]:
+        """Per-step loss values."""
+        return self.run.history
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return self.record["settings"]
+
+    def save(self, path: str | os.PathLike, index: int = 0, protect: tuple = ()) -> Path:
+        """Atomic PNG with the record embedded, so the file loads back as a preset (``load_preset(path)``)."""
+        return save_image(self.images[index], path, self.record, protect=protect)
+
+
+def _as_input_tensor(image: Any, name: str) -> torch.Tensor:
+    """PIL image, tensor or file path -> checked (B, 3, H, W) tensor; alpha and grey images become RGB."""
+    if isinstance(image, (str, os.PathLike)):
+        image = load_image(image)
+    if isinstance(image, Image.Image) and image.mode != "RGB":
+        if image.mode in ("RGBA", "LA", "P"):
+            rgba = image.convert("RGBA")
+            image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+        image = image.convert("RGB")
+    if not isinstance(image, (Image.Image, torch.Tensor)):
+        raise ParameterError(f"{name} must be a PIL image, a (B, 3, H, W) tensor in [0, 1] or a file path, "
+                             f"got {type(image).__name__}")
+    return as_tensor(image)
+
+
+def _as_mask(mask: Any) -> torch.Tensor:
+    """A region mask: PIL (white = edit) or tensor (B|1, 1, H, W) in [0, 1]."""
+    if isinstance(mask, (str, os.PathLike)):
+        mask = Image.open(mask)
+    if isinstance(mask, Image.Image):
+        return torch.from_numpy(np.asarray(mask.convert("L"), dtype=np.float32) / 255.0)[None, None]
+    if isinstance(mask, torch.Tensor):
+        m = mask.float()
+        while m.ndim < 4:
+            m = m.unsqueeze(0)
+        return m
+    raise ParameterError(f"mask must be a PIL image or a tensor, got {type(mask).__name__}")
+
+
+def build_settings(method: str | None = None, settings: Any = None, **overrides: Any) -> tuple[Method, Any]:
+    """(Method, validated Settings) from defaults, a preset (name, path, Preset), a dict or a Settings instance,
+    with ``overrides`` applied on top; unknown keys and wrong types raise ``PresetError`` naming them."""
+    if isinstance(settings, (str, os.PathLike, Preset)):
+        preset = load_preset(settings)
+        if method is not None and preset.method != method:
+            raise PresetError(f"preset '{preset.name}' is for method '{preset.method}', not '{method}'")
+        method, base = preset.method, dict(preset.settings)
+    elif settings is None:
+        if method is None:
+            raise ParameterError(f"name a method or a preset; methods: {', '.join(methods())}")
+        base = {}
+    elif isinstance(settings, dict):
+        base = dict(settings)
+        rec_method = base.pop("method", None)
+        method = method or rec_method
+        if method is None:
+            raise ParameterError("settings given as a dict need a method (argument or a 'method' key)")
+        for key in get_method(method).record_only:
+            base.pop(key, None)
+    elif is_dataclass(settings):
+        match = [m for m in methods().values() if isinstance(settings, m.settings_cls)]
+        if not match:
+            raise ParameterError(f"{type(settings).__name__} is not the Settings class of a registered method")
+        if method is not None and match[0].name != method:
+            raise ParameterError(f"{type(settings).__name__} belongs to method '{match[0].name}', not '{method}'")
+        method, base = match[0].name, settings_dict(settings)
+    else:
+        raise ParameterError(f"settings must be a preset name/path, Preset, dict or Settings instance, "
+                             f"got {type(settings).__name__}")
+    m = get_method(method)
+    return m, settings_from_dict(m.name, {**base, **overrides}, f"{m.name} settings")
+
+
+def _clip_for(m: Method, clip: ClipModel | str | None) -> ClipModel | None:
+    if not m.uses_clip:
+        return None
+    if isinstance(clip, ClipModel):
+        return clip
+    if clip == "tiny" or (clip is None and test_models_enabled()):
+        return tiny_model()
+    if clip is None:
+        return None  # the method loads (once, shared) the CLIP its settings name
+    raise ParameterError(f"clip must be a ClipModel, 'tiny' or None, got {clip!r}")
+
+
+def run(
+    method: str | None = None,
+    settings: Any = None,
+    *,
+    preset: str | os.PathLike | Preset | None = None,
+    clip: ClipModel | str | None = None,
+    callback: StepCallback | None = None,
+    cancel: CancelToken | None = None,
+    progress: bool = False,
+    **kwargs: Any,
+) -> Result:
+    """Run one method. Image inputs go by their name (``image=...``, ``mask=...``), everything else overrides a
+    setting. The same method, settings and seed give the same images."""
+    if preset is not None:
+        if settings is not None:
+            raise ParameterError("pass either settings or preset, not both")
+        settings = preset
+    # the method may come from the preset: it must be known before kwargs split into images and overrides
+    m = get_method(method) if method is not None else build_settings(None, settings)[0]
+    input_names = {i.name for i in m.inputs} | ({"mask"} if any(i.mask for i in m.inputs) else set())
+    images = {k: v for k, v in kwargs.items() if k in input_names}
+    overrides = {k: v for k, v in kwargs.items() if k not in input_names}
+    m, s = build_settings(m.name, settings, **overrides)
+    missing = [i.name for i in m.inputs if images.get(i.name) is None]
+    if missing:
+        raise ParameterError(f"method '{m.name}' needs {', '.join(f'{n}=<PIL image or tensor>' for n in missing)}")
+    tensors = {k: (_as_mask(v) if k == "mask" else _as_input_tensor(v, k)) for k, v in images.items()
+               if v is not None}
+    raw = m.runner(s, clip=_clip_for(m, clip), callback=callback, cancel=cancel, progress=progress, **tensors)
+    record = raw.record()
+    if raw.extras:
+        record["extras"] = {k: v for k, v in raw.extras.items() if _is_json(v)}
+    pil = [tensor_to_pil(raw.images[i]) for i in range(raw.images.shape[0])]
+    return Result(pil, record, raw)
+
+
+def _is_json(v: Any) -> bool:
+    return isinstance(v, (str, int, float, bool, type(None), list, dict))
+
+
+def generate(settings: Any = None, **kwargs: Any) -> Result:
+    """Text to image (see ``generators.image.generate``); e.g. ``generate(prompt="a red circle", seed=3)``."""
+    return run("generate", settings, **kwargs)
+
+
+def enhance(image: Any, settings: Any = None, **kwargs: Any) -> Result:
+    """Backlit enhancement of a PIL image / tensor / path at full size; e.g. ``enhance(img, strength=0.8)``."""
+    return run("enhance", settings, image=image, **kwargs)

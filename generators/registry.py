@@ -1,0 +1,244 @@
+"""The one list of methods the app, the API, presets and the batch CLI know about.
+
+Every surface (Gradio tabs, ``generators.api.run``, preset validation, ``app.py batch``) reads this registry, so a
+new back-end becomes available everywhere by adding one ``Method`` entry in ``_builtin_methods``. An entry whose
+module fails to import is left out (no placeholder tab for a back-end that does not work); an entry whose weights
+are missing stays in, and ``Method.check`` tells the user which file is missing.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from guidance.errors import ClipKitError, ParameterError
+from guidance.runs import CancelToken, RunResult, StepCallback, StepInfo
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Control:
+    """How the app shows one settings field; fields without one get a widget from their type, under Advanced."""
+
+    label: str | None = None
+    info: str | None = None
+    kind: str | None = None  # "text", "textarea", "slider", "number", "dropdown", "checkbox"; None: from the type
+    minimum: float | None = None
+    maximum: float | None = None
+    step: float | None = None
+    choices: tuple[str, ...] | None = None
+    advanced: bool = False
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """An image argument of a method's run function; ``mask=True`` lets the user paint a region on it."""
+
+    name: str
+    label: str
+    mask: bool = False
+
+
+# runner(settings, *, clip, callback, cancel, progress, **images) -> RunResult
+Runner = Callable[..., RunResult]
+
+
+@dataclass(frozen=True)
+class Method:
+    """One back-end as every surface sees it."""
+
+    name: str
+    title: str
+    description: str
+    settings_cls: type
+    runner: Runner
+    inputs: tuple[ImageInput, ...] = ()
+    controls: dict[str, Control] = field(default_factory=dict)
+    uses_clip: bool = True
+    # Keys a result's settings record carries beside the settings (derived facts such as the CLIP actually used);
+    # dropped when an output is loaded back as a preset.
+    record_only: tuple[str, ...] = ()
+    # For batch runs of methods without image inputs: the text setting a .txt input file fills.
+    text_field: str | None = None
+    check: Callable[[Any], str | None] | None = None
+
+    def field_names(self) -> list[str]:
+        return [f.name for f in fields(self.settings_cls)]
+
+    def defaults(self) -> Any:
+        return self.settings_cls()
+
+    def missing(self, settings: Any | None = None) -> str | None:
+        """A message naming missing weights for these settings (None when all is there)."""
+        if self.check is None:
+            return None
+        try:
+            return self.check(settings if settings is not None else self.defaults())
+        except ClipKitError as e:
+            return str(e)
+
+
+# --------------------------------------------------------------------------------------------------- generate
+def _generate_entry() -> Method:
+    from generators.image.generate import TEMPLATE_SETS, GenerateSettings, generate
+    from guidance.clip import resolve_weights
+
+    def run(settings: GenerateSettings, *, clip=None, callback=None, cancel=None, progress=False) -> RunResult:
+        return generate(settings, clip=clip, callback=callback, cancel=cancel, progress=progress)
+
+    def check(s: GenerateSettings) -> str | None:
+        try:
+            resolve_weights(s.model, s.pretrained)
+        except ClipKitError as e:
+            return f"CLIP '{s.model}' is not available: {e}"
+        return None
+
+    return Method(
+        name="generate",
+        title="Generate",
+        description="Text to image: an image pyramid optimised so its cutouts match the prompt in CLIP space.",
+        settings_cls=GenerateSettings,
+        runner=run,
+        controls={
+            "prompt": Control("Prompt", "weighted prompts: 'a red circle:1 | blurry:-0.5'", kind="textarea"),
+            "steps": Control("Steps", kind="slider", minimum=1, maximum=1000, step=1),
+            "size": Control("Size (px)", kind="slider", minimum=16, maximum=512, step=8),
+            "seed": Control("Seed", kind="number"),
+            "lr": Control("Learning rate", kind="number", advanced=True),
+            "cutouts": Control("Cutouts per step", kind="slider", minimum=1, maximum=128, step=1, advanced=True),
+            "tv_weight": Control("Smoothness (TV weight)", kind="number", advanced=True),
+            "templates": Control("Prompt templates", kind="dropdown", choices=tuple(sorted(TEMPLATE_SETS)),
+                                 advanced=True),
+        },
+        record_only=("clip",),
+        text_field="prompt",
+        check=check,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- enhance
+@dataclass
+class EnhanceSettings:
+    """Backlit enhancement: which trained illumination network, and how strongly to apply it."""
+
+    checkpoint: str = "clip-lit"
+    strength: float = 1.0
+    tile: int = 0  # core size of tiles in pixels; 0 = automatic (tiles only images above ~2 MP)
+
+    def validate(self) -> EnhanceSettings:
+        if not 0 <= self.strength <= 4:
+            raise ParameterError(f"strength={self.strength} must be in [0, 4]")
+        if self.tile != 0 and not 64 <= self.tile <= 8192:
+            raise ParameterError(f"tile={self.tile} must be 0 (automatic) or in 64..8192")
+        if not self.checkpoint:
+            raise ParameterError("checkpoint must name a published network (e.g. 'clip-lit') or a file")
+        return self
+
+
+def _enhance_entry() -> Method:
+    """Adapter over ``generators.enhance.api`` (tensor in, tensor + record out) to the shared method pattern."""
+    from generators.enhance import api as enh
+    from generators.enhance import checkpoints
+
+    def run(settings: EnhanceSettings, *, image, clip=None, callback: StepCallback | None = None,
+            cancel: CancelToken | None = None, progress: bool = False) -> RunResult:
+        from guidance.images import as_tensor
+
+        x = as_tensor(image)
+        s = settings
+        if cancel is not None and cancel.cancelled:
+            return RunResult(x, {"method": "enhance", **asdict(s)}, [], {}, cancelled=True)
+        t0 = time.perf_counter()
+        try:
+            out, record = enh.enhance_image_tensor(x, s.checkpoint, tile=s.tile or "auto", strength=s.strength)
+        except checkpoints.CheckpointError as e:
+            raise ParameterError(str(e)) from e
+        seconds = time.perf_counter() - t0
+        values = {"dark_region_gain": float(record["dark_region_gain"]),
+                  "illumination_mean": float(record["illumination_mean"])}
+        if callback is not None:
+            callback(StepInfo(1, 1, values, out))
+        extras = {k: record[k] for k in ("weights_sha256", "before", "after", "ms_per_megapixel") if k in record}
+        return RunResult(out, {"method": "enhance", **asdict(s)}, [values], {"enhance_s": seconds}, extras=extras)
+
+    def check(s: EnhanceSettings) -> str | None:
+        try:
+            checkpoints.resolve(s.checkpoint)
+        except checkpoints.CheckpointError as e:
+            return str(e)
+        return None
+
+    return Method(
+        name="enhance",
+        title="Backlit enhancement",
+        description="Brightens back-lit photos with a published CLIP-LIT / RAVE illumination network, full size.",
+        settings_cls=EnhanceSettings,
+        runner=run,
+        inputs=(ImageInput("image", "Back-lit photo"),),
+        controls={
+            "checkpoint": Control("Network", "published CLIP-LIT / RAVE weights, or a file path", kind="dropdown",
+                                  choices=tuple(checkpoints.PUBLISHED)),
+            "strength": Control("Strength", "0 = unchanged, 1 = as trained", kind="slider", minimum=0, maximum=2,
+                                step=0.05),
+            "tile": Control("Tile size (0 = automatic)", kind="number", advanced=True),
+        },
+        uses_clip=False,
+        check=check,
+    )
+
+
+# --------------------------------------------------------------------------------------------------- registry
+_BUILTIN: tuple[Callable[[], Method], ...] = (_generate_entry, _enhance_entry)
+_METHODS: dict[str, Method] = {}
+_SKIPPED: dict[str, str] = {}
+_LOCK = threading.Lock()
+_LOADED = False
+
+
+def register(method: Method) -> Method:
+    """Add (or replace) a method; the app, API, presets and batch CLI pick it up."""
+    with _LOCK:
+        _METHODS[method.name] = method
+    return method
+
+
+def _load_builtin() -> None:
+    global _LOADED
+    with _LOCK:
+        if _LOADED:
+            return
+        for entry in _BUILTIN:
+            try:
+                m = entry()
+            except Exception as e:  # a back-end that does not import gets no tab, and says why in the log
+                _SKIPPED[entry.__name__.strip("_").removesuffix("_entry")] = f"{type(e).__name__}: {e}"
+                log.warning("method %s unavailable: %s", entry.__name__, e)
+                continue
+            _METHODS.setdefault(m.name, m)
+        _LOADED = True
+
+
+def methods() -> dict[str, Method]:
+    """Name -> Method for every back-end that imports, in tab order."""
+    _load_builtin()
+    return dict(_METHODS)
+
+
+def skipped() -> dict[str, str]:
+    """Built-in back-ends left out because they failed to import, with the reason."""
+    _load_builtin()
+    return dict(_SKIPPED)
+
+
+def get_method(name: str) -> Method:
+    """The method called ``name``, or an error listing the ones that exist."""
+    found = methods().get(name)
+    if found is None:
+        why = f" ({skipped()[name]})" if name in skipped() else ""
+        raise ParameterError(f"unknown method '{name}'{why}; available methods: {', '.join(methods()) or 'none'}")
+    return found
