@@ -1,7 +1,9 @@
 """A multi-scale (Laplacian-pyramid-like) image parameterisation.
 
 Optimising raw pixels against CLIP gives high-frequency noise; summing upsampled levels from 4 px up to
-the output size lets coarse structure move first, since one coarse parameter moves many pixels.
+the output size lets coarse structure move first, since one coarse parameter moves many pixels. With a
+`base` image the levels are a residual in logit space, so an edit starts exactly at the input and stays
+in [0, 1] without clipping.
 """
 
 from __future__ import annotations
@@ -12,24 +14,40 @@ import torch.nn.functional as F
 
 
 class PyramidImage(nn.Module):
-    """Image = sigmoid(sum_k upsample(level_k)); levels from `min_size` doubling up to `size`."""
+    """Image = sigmoid(logit(base) + sum_k upsample(level_k)); levels from `min_size` doubling up to the size.
 
-    def __init__(self, size: int, batch: int = 1, min_size: int = 4, init_std: float = 0.5,
-                 generator: torch.Generator | None = None) -> None:
+    Without a base the levels start as noise (text to image); with one they start at zero (editing).
+    """
+
+    def __init__(
+        self,
+        size: int | tuple[int, int],
+        batch: int = 1,
+        min_size: int = 4,
+        init_std: float = 0.5,
+        generator: torch.Generator | None = None,
+        base: torch.Tensor | None = None,
+    ) -> None:
         super().__init__()
-        sizes = []
-        s = size
-        while s >= min_size:
-            sizes.append(s)
-            s //= 2
-        self.size = size
+        h, w = (size, size) if isinstance(size, int) else size
+        if base is not None:
+            h, w = base.shape[-2:]
+            batch = base.shape[0]
+        self.size = (h, w)
+        shapes = []
+        sh, sw = h, w
+        while min(sh, sw) >= min_size:
+            shapes.append((sh, sw))
+            sh, sw = sh // 2, sw // 2
+        std = 0.0 if base is not None else init_std / len(shapes)
         self.levels = nn.ParameterList(
-            nn.Parameter(torch.randn(batch, 3, s, s, generator=generator) * init_std / len(sizes))
-            for s in reversed(sizes)
+            nn.Parameter(torch.randn(batch, 3, a, b, generator=generator) * std) for a, b in reversed(shapes)
         )
+        logit = torch.logit(base.clamp(1e-3, 1 - 1e-3)) if base is not None else torch.zeros(batch, 3, h, w)
+        self.register_buffer("base_logit", logit)
 
     def forward(self) -> torch.Tensor:
-        total = 0
+        total = self.base_logit
         for level in self.levels:
-            total = total + F.interpolate(level, size=(self.size, self.size), mode="bilinear", align_corners=False)
+            total = total + F.interpolate(level, size=self.size, mode="bilinear", align_corners=False)
         return torch.sigmoid(total)
