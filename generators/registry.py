@@ -83,20 +83,23 @@ class Method:
             return str(e)
 
 
+def check_clip(s: Any) -> str | None:
+    """For methods with ``model`` / ``pretrained`` settings: a message when that CLIP's weights are missing."""
+    from guidance.clip import resolve_weights
+
+    try:
+        resolve_weights(s.model, s.pretrained)
+    except ClipKitError as e:
+        return f"CLIP '{s.model}' is not available: {e}"
+    return None
+
+
 # --------------------------------------------------------------------------------------------------- generate
 def _generate_entry() -> Method:
     from generators.image.generate import TEMPLATE_SETS, GenerateSettings, generate
-    from guidance.clip import resolve_weights
 
     def run(settings: GenerateSettings, *, clip=None, callback=None, cancel=None, progress=False) -> RunResult:
         return generate(settings, clip=clip, callback=callback, cancel=cancel, progress=progress)
-
-    def check(s: GenerateSettings) -> str | None:
-        try:
-            resolve_weights(s.model, s.pretrained)
-        except ClipKitError as e:
-            return f"CLIP '{s.model}' is not available: {e}"
-        return None
 
     return Method(
         name="generate",
@@ -117,7 +120,46 @@ def _generate_entry() -> Method:
         },
         record_only=("clip",),
         text_field="prompt",
-        check=check,
+        check=check_clip,
+    )
+
+
+# ------------------------------------------------------------------------------------------------------- edit
+def _edit_entry() -> Method:
+    from generators.image.edit import TEMPLATE_SETS, EditSettings, edit
+
+    def run(settings: EditSettings, *, image, mask=None, clip=None, callback=None, cancel=None,
+            progress=False) -> RunResult:
+        return edit(image, mask, settings, clip=clip, callback=callback, cancel=cancel, progress=progress)
+
+    return Method(
+        name="edit",
+        title="Edit",
+        description="Edit a picture toward a prompt or from a source to a target text; paint a mask to edit only "
+                    "that region (pixels outside it stay exactly as they were).",
+        settings_cls=EditSettings,
+        runner=run,
+        inputs=(ImageInput("image", "Image to edit (paint the region to change; no paint = whole image)",
+                           mask=True),),
+        controls={
+            "prompt": Control("Prompt", "weighted prompts: 'a blue star:1 | red:-0.5'; may stay empty",
+                              kind="textarea"),
+            "source_text": Control("Source text", "what the picture is now, e.g. 'a red circle'"),
+            "target_text": Control("Target text", "what it should become, e.g. 'a blue circle'"),
+            "prompt_weight": Control("Prompt strength (α)", kind="slider", minimum=0, maximum=5, step=0.05),
+            "direction_weight": Control("Direction strength (β)", kind="slider", minimum=0, maximum=5, step=0.05),
+            "content_weight": Control("Keep the original (content weight)", kind="slider", minimum=0, maximum=20,
+                                      step=0.1),
+            "steps": Control("Steps", kind="slider", minimum=1, maximum=1000, step=1),
+            "seed": Control("Seed", kind="number"),
+            "tv_weight": Control("Smoothness (TV weight)", kind="number", advanced=True),
+            "lr": Control("Learning rate", kind="number", advanced=True),
+            "cutouts": Control("Cutouts per step", kind="slider", minimum=1, maximum=128, step=1, advanced=True),
+            "templates": Control("Prompt templates", kind="dropdown", choices=tuple(sorted(TEMPLATE_SETS)),
+                                 advanced=True),
+        },
+        record_only=("clip", "masked"),
+        check=check_clip,
     )
 
 
@@ -193,7 +235,7 @@ def _enhance_entry() -> Method:
 
 
 # --------------------------------------------------------------------------------------------------- registry
-_BUILTIN: tuple[Callable[[], Method], ...] = (_generate_entry, _enhance_entry)
+_BUILTIN: tuple[Callable[[], Method], ...] = (_generate_entry, _edit_entry, _enhance_entry)
 _METHODS: dict[str, Method] = {}
 _SKIPPED: dict[str, str] = {}
 _LOCK = threading.Lock()
