@@ -13,12 +13,13 @@ import torch.nn.functional as F
 from PIL import Image
 
 from generators.enhance import checkpoints
-from generators.enhance.api import enhance, enhance_image_tensor, enhance_pair, load_image, pil_to_tensor
+from generators.enhance.api import enhance, enhance_image_tensor, enhance_pair, load_image
 from generators.enhance.cli import main as cli_main
 from generators.enhance.cli import settings_of
 from generators.enhance.metrics import dark_region_gain, image_stats, luma
 from generators.enhance.network import EnhanceNet, apply_illumination, upsample_window
 from generators.enhance.tiling import illumination
+from guidance.images import pil_to_tensor, read_settings
 
 PHOTOS = checkpoints.REPO_ROOT.parent / "shared" / "images" / "backlit"
 PHOTO = PHOTOS / "110_51093502029_o.jpg"
@@ -72,9 +73,10 @@ def test_pickles_are_loaded_weights_only(tmp_path):
 
 def test_missing_and_corrupt_files_get_clear_errors(tmp_path, monkeypatch):
     monkeypatch.setenv(checkpoints.WEIGHTS_ENV, str(tmp_path))
-    with pytest.raises(checkpoints.CheckpointError, match=r"rave-unpaired.*rave_unpaired\.pth.*CLIPKIT_WEIGHTS_DIR"):
+    missing = r"rave-unpaired.*rave_unpaired\.pth.*CLIPKIT_WEIGHTS_DIR"
+    with pytest.raises(checkpoints.MissingCheckpointError, match=missing):
         checkpoints.load_network("rave-unpaired")
-    with pytest.raises(checkpoints.CheckpointError, match="does not exist"):
+    with pytest.raises(checkpoints.MissingCheckpointError, match="does not exist"):
         checkpoints.load_network(tmp_path / "nope.safetensors")
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"\x00\x01 not a safetensors file")
@@ -179,10 +181,10 @@ def test_strength_and_presets(photo_small):
     assert stats[0] < stats[1] < stats[2] < stats[3]
     gentle, rec_g = enhance(photo_small, preset="gentle")
     strong, rec_s = enhance(photo_small, preset="strong")
-    assert rec_g["after"]["luminance"] < rec_s["after"]["luminance"] and rec_g["preset"] == "gentle"
+    assert rec_g["after"]["luminance"] < rec_s["after"]["luminance"] and rec_g["preset"] == "enhance-gentle"
     for name in checkpoints.PUBLISHED:
         preset = checkpoints.REPO_ROOT / "presets" / f"enhance-{name}.json"
-        assert json.loads(preset.read_text())["checkpoint"] == name
+        assert json.loads(preset.read_text())["settings"]["checkpoint"] == name
     (before, after), rec = enhance_pair(photo_small, checkpoint="clip-lit")
     assert before.size == after.size == (256, 192) and rec["size"] == [256, 192]
 
@@ -200,7 +202,7 @@ def test_folder_cli_resumes_and_never_touches_inputs(tmp_path, capsys):
     outs = sorted(dst.iterdir())
     assert [p.name for p in outs] == ["im0.png", "im1.png"]
     assert settings_of(outs[0]) == {"checkpoint": "clip-lit", "strength": 1.0}
-    meta = json.loads(Image.open(outs[0]).info["clipkit"])
+    meta = read_settings(outs[0])
     assert meta["record"]["after"]["luminance"] > meta["record"]["before"]["luminance"]
     mtimes = [p.stat().st_mtime_ns for p in outs]
     assert cli_main(args) == 0 and "skipped 2" in capsys.readouterr().err

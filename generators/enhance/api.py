@@ -8,22 +8,21 @@ size for the app's before/after slider. Presets (``presets/enhance-*.json``) nam
 from __future__ import annotations
 
 import functools
-import json
 import os
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image, ImageOps
 from torch import Tensor
+
+from guidance import images
 
 from . import checkpoints
 from .metrics import dark_region_gain, image_stats
 from .network import EnhanceNet
 from .tiling import enhance_tensor
 
-PRESETS_DIR = checkpoints.REPO_ROOT / "presets"
 AUTO_TILE = 1024  # core size used by tile="auto"
 AUTO_TILE_PIXELS = 2_000_000  # "auto" tiles images larger than this, bounding memory at ~2 GB
 
@@ -32,16 +31,10 @@ def load_image(path: str | os.PathLike, exif: bool = True) -> Tensor:
     """(1, 3, H, W) float32 in [0, 1], decoded as the authors' inference does (uint8 / 255).
 
     ``exif`` applies the camera's orientation tag (the authors' code ignores it; it changes nothing for images
-    without one).
+    without one). Grey, palette and alpha images are converted by ``guidance.images.load_image``.
     """
-    with Image.open(path) as im:
-        im = ImageOps.exif_transpose(im) if exif else im
-        return pil_to_tensor(im)
-
-
-def pil_to_tensor(im: Image.Image) -> Tensor:
-    arr = np.asarray(im.convert("RGB") if im.mode != "RGB" else im) / 255.0
-    return torch.from_numpy(arr).float().permute(2, 0, 1)[None].contiguous()
+    im = images.load_image(path)
+    return images.pil_to_tensor(ImageOps.exif_transpose(im) if exif else im)
 
 
 def as_tensor(image: Image.Image | Tensor | str | os.PathLike) -> Tensor:
@@ -49,7 +42,7 @@ def as_tensor(image: Image.Image | Tensor | str | os.PathLike) -> Tensor:
     if isinstance(image, (str, os.PathLike)):
         return load_image(image)
     if isinstance(image, Image.Image):
-        return pil_to_tensor(ImageOps.exif_transpose(image))
+        return images.pil_to_tensor(ImageOps.exif_transpose(image).convert("RGB"))
     if image.ndim == 3:
         image = image[None]
     if image.ndim != 4 or image.shape[1] != 3:
@@ -57,24 +50,17 @@ def as_tensor(image: Image.Image | Tensor | str | os.PathLike) -> Tensor:
     return image
 
 
-def to_pil(x: Tensor) -> Image.Image:
-    """First image of a batch to 8-bit RGB, rounding like ``torchvision.utils.save_image``."""
-    arr = (x[0].detach().float().cpu().clamp(0, 1) * 255 + 0.5).clamp(0, 255).to(torch.uint8)
-    return Image.fromarray(arr.permute(1, 2, 0).numpy())
+def preset_settings(name: str | os.PathLike) -> dict:
+    """Settings of an enhance preset (``gentle`` -> presets/enhance-gentle.json, a .json path, or a clipkit PNG),
+    read through the project's preset format (``generators.presets``), plus its ``name``."""
+    from generators.presets import load_preset
 
-
-def load_preset(name: str | os.PathLike) -> dict:
-    """A preset by short name (``gentle`` -> presets/enhance-gentle.json) or path."""
-    path = Path(name)
-    if not path.suffix:
-        path = PRESETS_DIR / f"enhance-{name}.json"
-    if not path.is_file():
-        known = sorted(p.stem.removeprefix("enhance-") for p in PRESETS_DIR.glob("enhance-*.json"))
-        raise FileNotFoundError(f"enhance preset {name!r} not found at {path}; known presets: {known}")
-    preset = json.loads(path.read_text())
-    if preset.get("task") != "enhance":
-        raise ValueError(f"{path} is not an enhance preset (task={preset.get('task')!r})")
-    return preset
+    ref = str(name)
+    ref = ref if ref.startswith("enhance-") or Path(ref).suffix else f"enhance-{ref}"
+    p = load_preset(ref)
+    if p.method != "enhance":
+        raise ValueError(f"preset {p.name!r} is for method {p.method!r}, not enhance")
+    return {**p.settings, "name": p.name}
 
 
 @functools.lru_cache(maxsize=4)
@@ -151,19 +137,22 @@ def enhance(
     ``image``: PIL image, (1, 3, H, W)/(3, H, W) tensor in [0, 1], or a file path. ``checkpoint``: a published name
     (``clip-lit``, ``rave-unpaired`` ... see ``checkpoints.PUBLISHED``), a .pth/.safetensors path or a network;
     ``tile``: core size in pixels, None (untiled) or "auto" (tiles above 2 MP; tiled equals untiled to ~1e-5);
-    ``strength``: 0 = unchanged, 1 = as trained, >1 stronger; ``preset`` supplies defaults for both.
+    ``strength``: 0 = unchanged, 1 = as trained, >1 stronger; ``preset`` (``gentle``, ``strong``, ``clip-lit`` ...
+    or a path) supplies the defaults.
     """
-    p = load_preset(preset) if preset else {}
+    p = preset_settings(preset) if preset else {}
     checkpoint = checkpoint if checkpoint is not None else p.get("checkpoint", "clip-lit")
     strength = strength if strength is not None else float(p.get("strength", 1.0))
+    if p and tile == "auto" and p.get("tile"):
+        tile = int(p["tile"])
     out, record = enhance_image_tensor(as_tensor(image), checkpoint, tile, strength, device)
     if preset:
-        record["preset"] = preset
-    return to_pil(out), record
+        record["preset"] = p["name"]
+    return images.tensor_to_pil(out), record
 
 
 def enhance_pair(image: Image.Image | Tensor | str | os.PathLike, **kw) -> tuple[tuple[Image.Image, Image.Image], dict]:
     """((before, after), record) with both images the same size, as a before/after slider wants them."""
     x = as_tensor(image)
     after, record = enhance(x, **kw)
-    return (to_pil(x), after), record
+    return (images.tensor_to_pil(x), after), record

@@ -23,7 +23,17 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 from torch import Tensor
 
+from guidance.errors import CheckpointError, WeightsNotFoundError
+
 from .network import EnhanceNet
+
+__all__ = ["CheckpointError", "MissingCheckpointError", "PUBLISHED", "load_network", "save_network", "convert"]
+
+
+
+class MissingCheckpointError(WeightsNotFoundError, CheckpointError):
+    """The checkpoint file is not there: a WeightsNotFoundError that ``except CheckpointError`` also catches."""
+
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 WEIGHTS_ENV = "CLIPKIT_WEIGHTS_DIR"
@@ -42,8 +52,6 @@ PUBLISHED: dict[str, str] = {
 }
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, unreadable or does not fit the network; the message names the file and the fix."""
 
 
 def weights_dir() -> Path:
@@ -58,7 +66,7 @@ def resolve(checkpoint: str | os.PathLike) -> Path:
     if name in PUBLISHED:
         path = weights_dir() / PUBLISHED[name]
         if not path.is_file():
-            raise CheckpointError(
+            raise MissingCheckpointError(
                 f"published checkpoint {name!r} not found at {path}. Put the authors' file there (see "
                 f"shared/weights/PROVENANCE.md), point ${WEIGHTS_ENV} at a folder holding {PUBLISHED[name]}, "
                 "or pass a file path."
@@ -67,7 +75,7 @@ def resolve(checkpoint: str | os.PathLike) -> Path:
     path = Path(name).expanduser()
     if not path.is_file():
         known = ", ".join(PUBLISHED)
-        raise CheckpointError(f"checkpoint file {path} does not exist; pass an existing .pth/.safetensors file "
+        raise MissingCheckpointError(f"checkpoint file {path} does not exist; pass an existing .pth/.safetensors file "
                               f"or one of the published names: {known}")
     return path
 
@@ -81,7 +89,7 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[st
     """State dict (prefix stripped) and metadata of a .pth/.pt (weights_only) or .safetensors file."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint file {path} does not exist")
+        raise MissingCheckpointError(f"checkpoint file {path} does not exist")
     meta: dict[str, str] = {}
     try:
         if path.suffix == ".safetensors":

@@ -2,27 +2,26 @@
 
 ``python -m generators.enhance.cli --checkpoint clip-lit --input DIR --output DIR``
 
-Writes ``OUTPUT/<name>.png`` with the settings and statistics embedded as PNG text (key ``clipkit``). Resumable:
-an output that already holds the same settings is skipped; one made with other settings stops the run unless
-``--overwrite``. Inputs are never written: the output folder must differ from the input folder and no output may
-resolve to an input file. Writes are atomic (temporary file + rename), so an interrupted run leaves no half files.
+Writes ``OUTPUT/<name>.png`` with the settings and statistics embedded as PNG text
+(``guidance.images.save_image``). Resumable: an output that already holds the same settings is skipped; one made
+with other settings stops the run unless ``--overwrite``. Inputs are never written: the output folder must differ
+from the input folder and no output may resolve to an input file. Writes are atomic (temporary file + rename), so an
+interrupted run leaves no half files.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 from pathlib import Path
 
-from PIL import Image, PngImagePlugin
 from tqdm import tqdm
 
-from .api import enhance, load_preset
+from guidance.images import read_settings, save_image
+
+from .api import enhance, preset_settings
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
-META_KEY = "clipkit"
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -30,22 +29,11 @@ def list_images(folder: Path) -> list[Path]:
 
 
 def settings_of(path: Path) -> dict | None:
-    """Settings embedded in one of our outputs, or None if it has none."""
+    """Settings embedded in one of our outputs, or None if it has none (or is unreadable)."""
     try:
-        with Image.open(path) as im:
-            text = im.info.get(META_KEY)
-        return json.loads(text)["settings"] if text else None
-    except (OSError, ValueError, KeyError):
+        return read_settings(path).get("settings")
+    except (OSError, ValueError):
         return None
-
-
-def save_png(image: Image.Image, path: Path, meta: dict) -> None:
-    """Atomic PNG write with ``meta`` as JSON text."""
-    info = PngImagePlugin.PngInfo()
-    info.add_text(META_KEY, json.dumps(meta))
-    tmp = path.with_name(f".{path.name}.tmp")
-    image.save(tmp, format="PNG", pnginfo=info)
-    os.replace(tmp, path)
 
 
 def plan(inputs: list[Path], out_dir: Path) -> list[tuple[Path, Path]]:
@@ -79,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"input folder {args.input} does not exist")
     if args.output.resolve() == args.input.resolve():
         raise SystemExit("the output folder must differ from the input folder (inputs are never overwritten)")
-    preset = load_preset(args.preset) if args.preset else {}
+    preset = preset_settings(args.preset) if args.preset else {}
     tile = None if args.tile == "none" else ("auto" if args.tile == "auto" else int(args.tile))
     settings = {
         "checkpoint": args.checkpoint or preset.get("checkpoint", "clip-lit"),
@@ -98,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         image, record = enhance(src, settings["checkpoint"], tile=tile, strength=settings["strength"],
                                 device=args.device)
         record["input"] = str(src)
-        save_png(image, dst, {"settings": settings, "record": record})
+        save_image(image, dst, {"settings": settings, "record": record}, protect=tuple(inputs))
         done += 1
     print(f"enhanced {done}, skipped {skipped} already done, into {args.output}", file=sys.stderr)
     return 0
