@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from generators.style.features import CONTENT_FEATURES, ClipEarlyFeatures, content_loss
+from generators.style.network import StyleUNet, load_network, save_network
 from guidance.augment import PatchCrops
 from guidance.clip import DEFAULT_MODEL, ClipModel, get_clip
 from guidance.errors import ParameterError
@@ -27,8 +29,6 @@ from guidance.guide import DirectionalTerm, Guide, PatchDirectionalTerm, Term
 from guidance.images import as_tensor
 from guidance.prompts import IMAGENET_TEMPLATES, PLAIN_TEMPLATES, parse_prompts
 from guidance.runs import CancelToken, RunResult, StepCallback, check_steps, run_steps
-from generators.style.features import CONTENT_FEATURES, ClipEarlyFeatures, content_loss
-from generators.style.network import StyleUNet, load_network, save_network
 
 TEMPLATE_SETS = {"plain": PLAIN_TEMPLATES, "imagenet": IMAGENET_TEMPLATES}
 NETWORK_KIND = "clipstyler-unet"
@@ -59,7 +59,7 @@ class ClipStylerSettings:
     model: str = DEFAULT_MODEL
     pretrained: str | None = None
 
-    def validate(self) -> "ClipStylerSettings":
+    def validate(self) -> ClipStylerSettings:
         parse_prompts(self.prompt)
         parse_prompts(self.source)
         check_steps(self.steps)

@@ -12,9 +12,10 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +23,9 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from generators.style.clipstyler import TEMPLATE_SETS, image_prior_tv, resize_long_side
+from generators.style.features import CONTENT_FEATURES, ClipEarlyFeatures, content_loss
+from generators.style.network import TextStylizer, load_network, save_network
 from guidance import losses
 from guidance.augment import PatchCrops
 from guidance.clip import DEFAULT_MODEL, ClipModel, get_clip
@@ -29,9 +33,6 @@ from guidance.errors import CheckpointError, ParameterError
 from guidance.images import as_tensor, load_image
 from guidance.prompts import encode_prompt, parse_prompts
 from guidance.runs import CancelToken, RunResult, StepCallback, check_steps, run_steps
-from generators.style.clipstyler import TEMPLATE_SETS, image_prior_tv, resize_long_side
-from generators.style.features import CONTENT_FEATURES, ClipEarlyFeatures, content_loss
-from generators.style.network import TextStylizer, load_network, save_network
 
 NETWORK_KIND = "text-stylizer"
 DEFAULT_PROMPTS = (
@@ -68,7 +69,7 @@ class TrainStylizerSettings:
     model: str = DEFAULT_MODEL
     pretrained: str | None = None
 
-    def validate(self) -> "TrainStylizerSettings":
+    def validate(self) -> TrainStylizerSettings:
         if isinstance(self.prompts, str):
             self.prompts = [p.strip() for p in self.prompts.split("|") if p.strip()]
         if not self.prompts:
@@ -94,7 +95,9 @@ def text_condition(clip: ClipModel, prompts: Sequence[str], templates: str) -> t
     return torch.stack([encode_prompt(clip, p, TEMPLATE_SETS[templates]) for p in prompts])
 
 
-def load_contents(images: Sequence[str | os.PathLike | Image.Image | torch.Tensor], long_side: int) -> list[torch.Tensor]:
+def load_contents(
+    images: Sequence[str | os.PathLike | Image.Image | torch.Tensor], long_side: int
+) -> list[torch.Tensor]:
     """Training photos as (1, 3, h, w) tensors, long side `long_side` (random crops are cut from these)."""
     out = []
     for im in images:
@@ -267,7 +270,7 @@ class StylizeSettings:
     size: int | None = 512
     noise: bool = True
 
-    def validate(self) -> "StylizeSettings":
+    def validate(self) -> StylizeSettings:
         parse_prompts(self.prompt)
         if self.size is not None and not 32 <= self.size <= 4096:
             raise ParameterError(f"size={self.size} must be in 32..4096 or None (keep the input size)")

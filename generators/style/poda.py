@@ -19,13 +19,13 @@ from typing import Any
 import torch
 from PIL import Image
 
+from generators.style.clipstyler import TEMPLATE_SETS, image_prior_tv, resize_long_side
+from generators.style.features import ClipSplit
 from guidance.clip import DEFAULT_MODEL, ClipModel, get_clip
 from guidance.errors import ParameterError
 from guidance.images import as_tensor
 from guidance.prompts import encode_prompt, parse_prompts
 from guidance.runs import CancelToken, RunResult, StepCallback, check_steps, run_steps
-from generators.style.clipstyler import TEMPLATE_SETS, image_prior_tv, resize_long_side
-from generators.style.features import ClipSplit
 
 
 def channel_stats(features: torch.Tensor, eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
@@ -133,8 +133,10 @@ class PinAugmenter:
         """Learn statistics for `prompt` from source images and add them to the prompt's bank."""
         res = pin_statistics(self.clip, images, prompt, **kwargs)
         old = self.banks.get(prompt)
-        mu, sigma = (res.mu, res.sigma) if old is None else (torch.cat([old[0], res.mu]), torch.cat([old[1], res.sigma]))
-        self.banks[prompt] = (mu, sigma)
+        if old is not None:
+            self.banks[prompt] = (torch.cat([old[0], res.mu]), torch.cat([old[1], res.sigma]))
+        else:
+            self.banks[prompt] = (res.mu, res.sigma)
         return res
 
     def __call__(
@@ -166,7 +168,7 @@ class PinAugmenter:
         save_file(self.state_dict(), path, metadata={"prompts": json.dumps(sorted(self.banks)),
                                                      "clip": self.clip.name, "layer": self.split.layer})
 
-    def load(self, path: str) -> "PinAugmenter":
+    def load(self, path: str) -> PinAugmenter:
         import json
 
         from safetensors import safe_open
@@ -198,7 +200,7 @@ class PodaSettings:
     model: str = DEFAULT_MODEL
     pretrained: str | None = None
 
-    def validate(self) -> "PodaSettings":
+    def validate(self) -> PodaSettings:
         parse_prompts(self.prompt)
         check_steps(self.steps)
         if self.preview_steps != 0:
