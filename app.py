@@ -1,8 +1,14 @@
-"""clipkit: command line (and, with no subcommand, the web app). Thin wiring over guidance/ and generators/."""
+"""clipkit: the web app (no subcommand, or `serve`) and the command line (`generate`, `batch`).
+
+Thin wiring over guidance/ and generators/: the app is ui/app.py, batch runs are generators/batch.py, and both
+go through the same Python API (generators/api.py) and presets (generators/presets.py).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 from pathlib import Path
 
@@ -31,6 +37,42 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _test_models(args: argparse.Namespace) -> bool:
+    from generators.api import test_models_enabled
+
+    return bool(args.tiny) or test_models_enabled()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from ui.app import serve
+
+    serve(host=args.host, port=args.port, test_models=_test_models(args), output_dir=args.output_dir,
+          concurrency=args.concurrency, inbrowser=args.open)
+    return 0
+
+
+def _parse_set(items: list[str]) -> dict:
+    """--set key=value pairs; values are JSON when they parse (numbers, true, null), else strings."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set expects key=value, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    from generators.batch import run_batch
+
+    return run_batch(args.preset, args.input, args.output, _parse_set(args.set), dry_run=args.dry_run,
+                     overwrite=args.overwrite, clip="tiny" if _test_models(args) else None,
+                     progress=not args.no_progress)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="app.py", description=__doc__)
     sub = parser.add_subparsers(dest="command")
@@ -47,15 +89,41 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", type=Path, default=Path("outputs/generate.png"))
     _add_clip_args(g)
     g.set_defaults(func=cmd_generate)
+
+    s = sub.add_parser("serve", help="serve the web app (the default with no subcommand)")
+    _add_serve_args(s)
+    s.set_defaults(func=cmd_serve)
+
+    b = sub.add_parser("batch", help="run a preset over folders / globs of inputs (resumable, logged)")
+    b.add_argument("--preset", required=True, help="preset name, .json file, or a clipkit .png to reproduce")
+    b.add_argument("--input", required=True, action="append",
+                   help="folder, file or glob (repeatable); images, or .txt prompts for generate")
+    b.add_argument("--output", required=True, type=Path, help="folder for <input name>.png and the run log")
+    b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a preset setting")
+    b.add_argument("--dry-run", action="store_true", help="list what would run or be skipped; write nothing")
+    b.add_argument("--overwrite", action="store_true", help="redo outputs made with other settings")
+    b.add_argument("--tiny", action="store_true", help="use the tiny random test CLIP (no weights needed)")
+    b.add_argument("--no-progress", action="store_true", help="no progress bar")
+    b.set_defaults(func=cmd_batch)
     return parser
+
+
+def _add_serve_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default=os.environ.get("CLIPKIT_HOST", "127.0.0.1"))
+    p.add_argument("--port", type=int, default=int(os.environ.get("CLIPKIT_PORT", "7860")))
+    p.add_argument("--tiny", action="store_true",
+                   help="tests/demos: CLIP-guided methods use the tiny random test CLIP (also CLIPKIT_TEST_MODELS=1)")
+    p.add_argument("--output-dir", type=Path, default=None, help="where results are written (outputs/app)")
+    p.add_argument("--concurrency", type=int, default=1, help="runs at once across all users (memory bound)")
+    p.add_argument("--open", action="store_true", help="open a browser tab")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    _add_serve_args(parser)
     args = parser.parse_args(argv)
     if args.command is None:
-        parser.print_help()
-        return 0
+        args.func = cmd_serve
     try:
         return args.func(args)
     except ClipKitError as e:

@@ -1,0 +1,238 @@
+"""Batch runs: one preset over folders / globs of inputs, resumable, logged, never writing over an input.
+
+``python app.py batch --preset P --input DIR|GLOB [--input ...] --output DIR``
+
+- Inputs: image files for methods with an image input; for methods without one (generate) ``.txt`` files whose
+  text fills the method's text setting (the prompt), one job per file.
+- Each job writes ``OUTPUT/<input stem>.png`` with its settings embedded. A rerun skips outputs that already
+  carry the same settings (resume); an output made with other settings is a failure for that file unless
+  ``--overwrite``. Outputs that would land on an input, or two inputs with one output name, stop the run before
+  anything is written.
+- Every run appends to its own JSON-lines log ``OUTPUT/batch-<UTC time>.jsonl``: a ``start`` line (preset,
+  settings, command), a ``file`` line per input (status, output, seconds, timings, final losses, error) and a
+  ``summary`` line. The exit status is 0 when nothing failed, 1 when some file failed.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from tqdm.auto import tqdm
+
+from generators import api
+from generators.presets import load_preset, settings_dict
+from generators.registry import Method
+from guidance.clip import TINY_MODEL
+from guidance.errors import ClipKitError, ParameterError
+from guidance.images import read_settings
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+TEXT_EXTS = (".txt",)
+
+
+@dataclass
+class Job:
+    input: Path
+    output: Path
+    status: str = "todo"  # todo | done (already there, same settings) | conflict (there, other settings)
+
+
+def expand_inputs(patterns: list[str], exts: tuple[str, ...]) -> list[Path]:
+    """Files from folders (not recursive), globs (``**`` allowed) and plain paths, filtered by extension."""
+    found: dict[Path, None] = {}
+    for pat in patterns:
+        p = Path(pat).expanduser()
+        if p.is_dir():
+            hits = sorted(x for x in p.iterdir() if x.is_file())
+        elif p.is_file():
+            hits = [p]
+        else:
+            hits = sorted(Path(x) for x in glob.glob(str(p), recursive=True) if Path(x).is_file())
+            if not hits:
+                raise ParameterError(f"--input {pat}: no such folder or file, and the glob matches nothing")
+        for h in hits:
+            if h.suffix.lower() in exts and not h.name.startswith("."):
+                found[h] = None
+    return list(found)
+
+
+def plan(method: Method, settings: Any, inputs: list[Path], output: Path, overwrite: bool = False,
+         clip_name: str | None = None) -> list[Job]:
+    """Jobs with their output names and resume status; refuses outputs on inputs and name collisions.
+
+    An output counts as done when it carries the same settings and, where it records one, the same CLIP
+    (``clip_name``: the test CLIP's name in test mode), so test-mode outputs are never taken for real ones."""
+    in_set = {p.resolve() for p in inputs}
+    if any(p.parent.resolve() == output.resolve() for p in inputs):
+        raise ParameterError(f"the output folder {output} holds inputs; choose another --output "
+                             "(inputs are never written over)")
+    jobs: list[Job] = []
+    by_output: dict[Path, Path] = {}
+    for p in inputs:
+        out = output / f"{p.stem}.png"
+        if out.resolve() in in_set:
+            raise ParameterError(f"refusing to write {out}: it is an input file")
+        if out in by_output:
+            raise ParameterError(f"{by_output[out]} and {p} would both write {out}; rename one or run them apart")
+        by_output[out] = p
+        jobs.append(Job(p, out))
+    want = expected_settings(method, settings)
+    for j in jobs:
+        if j.output.exists() and not overwrite:
+            try:
+                stored = _settings_of(j.output) or {}
+                used = stored.pop("clip", None)
+                for key in method.record_only:
+                    stored.pop(key, None)
+                same = stored == want_for(method, want, j.input) and (used is None or used == clip_name)
+            except (OSError, UnicodeDecodeError):
+                same = False
+            j.status = "done" if same else "conflict"
+    return jobs
+
+
+def expected_settings(method: Method, settings: Any) -> dict[str, Any]:
+    return {"method": method.name, **settings_dict(settings)}
+
+
+def want_for(method: Method, want: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The settings a job's output must carry (the text field comes from the input file)."""
+    if method.text_field and not method.inputs:
+        return {**want, method.text_field: _read_text(path)}
+    return want
+
+
+def _settings_of(path: Path) -> dict[str, Any] | None:
+    """Settings embedded in an earlier output; None when it has none or cannot be read."""
+    try:
+        return dict(read_settings(path).get("settings") or {}) or None
+    except (OSError, ValueError):
+        return None
+
+
+def _read_text(path: Path) -> str:
+    return path.read_text(encoding="utf-8").strip()
+
+
+class _Log:
+    """Append-only JSON lines, flushed per line so a crash keeps what was done."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._f: TextIO = open(path, "a", encoding="utf-8")
+
+    def write(self, **row: Any) -> None:
+        row = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **row}
+        self._f.write(json.dumps(row, default=str) + "\n")
+        self._f.flush()
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def run_batch(
+    preset: str,
+    inputs: list[str],
+    output: str | os.PathLike,
+    overrides: dict[str, Any] | None = None,
+    dry_run: bool = False,
+    overwrite: bool = False,
+    clip: Any = None,
+    progress: bool = True,
+    out: TextIO = sys.stderr,
+) -> int:
+    """Run ``preset`` over ``inputs`` into ``output``; returns the exit status (0 ok, 1 some files failed)."""
+    p = load_preset(preset)
+    method, settings = api.build_settings(p.method, p, **(overrides or {}))
+    output = Path(output)
+    exts = IMAGE_EXTS if method.inputs else TEXT_EXTS
+    if not method.inputs and not method.text_field:
+        raise ParameterError(f"method '{method.name}' takes no inputs; batch has nothing to iterate over")
+    files = expand_inputs(inputs, exts)
+    if not files:
+        raise ParameterError(f"no inputs found in {', '.join(inputs)} (looking for {', '.join(exts)} files)")
+    clip_name = (TINY_MODEL if clip == "tiny" else getattr(clip, "name", None) or getattr(settings, "model", None))
+    jobs = plan(method, settings, files, output, overwrite, clip_name)
+    todo = [j for j in jobs if j.status == "todo"]
+    if dry_run:
+        for j in jobs:
+            verb = {"todo": "run ", "done": "skip", "conflict": "FAIL"}[j.status]
+            note = {"done": "  (done, same settings)",
+                    "conflict": "  (exists with other settings; --overwrite to redo)"}.get(j.status, "")
+            print(f"{verb} {j.input} -> {j.output}{note}", file=out)
+        print(f"dry run: {len(todo)} to run, {len(jobs) - len(todo)} already there; preset {p.name} "
+              f"({method.name}); nothing written", file=out)
+        return 0
+
+    want = expected_settings(method, settings)
+    log = _Log(output / f"batch-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{os.getpid()}.jsonl")
+    log.write(event="start", preset=p.name, method=method.name, settings=want, inputs=len(jobs),
+              output=str(output), argv=sys.argv[1:])
+    counts = {"done": 0, "skipped": 0, "failed": 0}
+    failures: list[tuple[Path, str]] = []
+    started = time.perf_counter()
+    token = api.CancelToken()
+    try:
+        for j in tqdm(jobs, desc=f"batch {method.name}", unit="file", disable=not progress, file=out):
+            row: dict[str, Any] = {"event": "file", "input": str(j.input), "output": str(j.output)}
+            if j.status == "done":
+                counts["skipped"] += 1
+                log.write(**row, status="skipped", reason="output exists with the same settings")
+                continue
+            if j.status == "conflict":
+                msg = f"{j.output} exists with other settings; pass --overwrite or choose another --output"
+                counts["failed"] += 1
+                failures.append((j.input, msg))
+                log.write(**row, status="failed", error=msg)
+                continue
+            t0 = time.perf_counter()
+            try:
+                kwargs: dict[str, Any] = {}
+                if method.inputs:
+                    kwargs[method.inputs[0].name] = j.input
+                else:
+                    kwargs[method.text_field] = _read_text(j.input)
+                result = api.run(method.name, settings, clip=clip, cancel=token, **kwargs)
+                if result.record["cancelled"]:
+                    raise KeyboardInterrupt
+                result.save(j.output, protect=(j.input,))
+            except ClipKitError as e:
+                counts["failed"] += 1
+                failures.append((j.input, str(e)))
+                log.write(**row, status="failed", error=str(e), seconds=round(time.perf_counter() - t0, 3))
+                continue
+            except (OSError, RuntimeError, ValueError) as e:
+                counts["failed"] += 1
+                failures.append((j.input, f"{type(e).__name__}: {e}"))
+                log.write(**row, status="failed", error=f"{type(e).__name__}: {e}",
+                          traceback=traceback.format_exc(limit=5), seconds=round(time.perf_counter() - t0, 3))
+                continue
+            counts["done"] += 1
+            log.write(**row, status="done", seconds=round(time.perf_counter() - t0, 3),
+                      timings=result.record["timings"], final=result.record["final"],
+                      steps_done=result.record["steps_done"])
+    except KeyboardInterrupt:
+        token.cancel()
+        log.write(event="summary", **counts, interrupted=True, seconds=round(time.perf_counter() - started, 3))
+        log.close()
+        print(f"interrupted: {counts['done']} done, {counts['skipped']} skipped; rerun the same command to "
+              f"resume (log: {log.path})", file=out)
+        return 130
+    seconds = time.perf_counter() - started
+    log.write(event="summary", **counts, seconds=round(seconds, 3),
+              failures=[{"input": str(i), "error": e} for i, e in failures])
+    log.close()
+    print(f"batch {p.name}: {counts['done']} done, {counts['skipped']} skipped (already done), "
+          f"{counts['failed']} failed in {seconds:.1f} s — log {log.path}", file=out)
+    for path, err in failures:
+        print(f"  FAILED {path}: {err}", file=out)
+    return 1 if failures else 0

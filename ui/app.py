@@ -1,0 +1,455 @@
+"""The Gradio app: one tab per registered method, built from the registry so a new back-end needs no UI code.
+
+Each tab has the method's image inputs (with a brush for region masks), its settings as controls (the settings
+dataclass fields; `generators.registry.Control` says how to show one), presets (load by name, from a preset file
+or from any clipkit PNG; save the current controls), run / cancel, a live preview with per-loss values, and a
+gallery of this session's results with their settings and a PNG download that embeds them.
+
+Runs go through ``generators.api.run`` in a worker thread, so the handler can stream progress while the method
+works; all tabs share one queue slot (``concurrency``) so two users cannot run two models out of memory at once.
+Models load lazily on the first run and are shared by every session.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+import typing
+from collections.abc import Iterator
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import numpy as np
+from PIL import Image
+
+from generators import api
+from generators.presets import (
+    Preset,
+    list_presets,
+    load_preset,
+    make_preset,
+    preset_from_record,
+    save_preset,
+    settings_dict,
+    settings_from_dict,
+)
+from generators.registry import Control, Method, methods
+from guidance.errors import ClipKitError
+from guidance.images import tensor_to_pil
+
+log = logging.getLogger(__name__)
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_OUTPUT_DIR = ROOT / "outputs" / "app"
+UPDATE_EVERY_S = 0.2  # at most this often a status update goes to the browser (previews always go)
+
+
+# ------------------------------------------------------------------------------------------ pure helpers
+def field_kind(m: Method, name: str) -> str:
+    """The widget a settings field gets: the registry's Control.kind, else one from its type."""
+    ctl = m.controls.get(name, Control())
+    if ctl.kind:
+        return ctl.kind
+    hint = typing.get_type_hints(m.settings_cls)[name]
+    if hint is bool:
+        return "checkbox"
+    if hint in (int, float):
+        return "number"
+    return "text"
+
+
+def _is_int(m: Method, name: str) -> bool:
+    return typing.get_type_hints(m.settings_cls)[name] is int
+
+
+def _optional(m: Method, name: str) -> bool:
+    return type(None) in typing.get_args(typing.get_type_hints(m.settings_cls)[name])
+
+
+def values_to_settings(m: Method, values: dict[str, Any]) -> Any:
+    """Control values -> validated Settings (numbers from sliders become ints where the field is an int)."""
+    clean: dict[str, Any] = {}
+    for name, v in values.items():
+        if isinstance(v, str) and v.strip() == "" and _optional(m, name):
+            v = None
+        elif _is_int(m, name) and isinstance(v, float) and v.is_integer():
+            v = int(v)
+        clean[name] = v
+    return settings_from_dict(m.name, clean, f"{m.title} settings")
+
+
+def settings_to_values(m: Method, settings: dict[str, Any]) -> list[Any]:
+    """Settings dict -> control values, in the order of the settings fields (None shows as an empty box)."""
+    return ["" if settings[n] is None and field_kind(m, n) in ("text", "textarea") else settings[n]
+            for n in m.field_names()]
+
+
+def split_editor(value: Any) -> tuple[Image.Image | None, Image.Image | None]:
+    """An ImageEditor value -> (RGB image, mask with white where the user painted, or None when unpainted)."""
+    if value is None:
+        return None, None
+    if isinstance(value, Image.Image):
+        return value.convert("RGB"), None
+    background = value.get("background")
+    image = background if background is not None else value.get("composite")
+    if image is None:
+        return None, None
+    image = _flatten(image)
+    painted = None
+    for layer in value.get("layers") or []:
+        if layer is None:
+            continue
+        alpha = np.asarray(layer.convert("RGBA"))[..., 3] > 0
+        painted = alpha if painted is None else (painted | alpha)
+    if painted is None or not painted.any():
+        return image, None
+    mask = Image.fromarray(painted.astype(np.uint8) * 255, "L")
+    if mask.size != image.size:
+        mask = mask.resize(image.size, Image.NEAREST)
+    return image, mask
+
+
+def _flatten(image: Image.Image) -> Image.Image:
+    if image.mode in ("RGBA", "LA", "P"):
+        rgba = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def format_values(values: dict[str, float]) -> str:
+    return " · ".join(f"{k} {v:.4f}" for k, v in values.items())
+
+
+def caption_for(record: dict[str, Any]) -> str:
+    s = record["settings"]
+    bits = [s["method"]]
+    if "seed" in s:
+        bits.append(f"seed {s['seed']}")
+    bits.append(f"{record['steps_done']} steps")
+    if "loss" in record.get("final", {}):
+        bits.append(f"loss {record['final']['loss']:.3f}")
+    if record.get("cancelled"):
+        bits.append("cancelled")
+    return " · ".join(bits)
+
+
+@dataclass
+class Entry:
+    """One result in a session's gallery."""
+
+    path: str
+    caption: str
+    record: dict[str, Any]
+
+
+# ------------------------------------------------------------------------------------------------ the app
+class ClipKitApp:
+    """Builds the Blocks and holds what sessions share: output folder, cancel tokens, test-model switch."""
+
+    def __init__(self, test_models: bool = False, output_dir: Path | None = None, concurrency: int = 1) -> None:
+        self.test_models = test_models
+        self.output_dir = Path(output_dir or DEFAULT_OUTPUT_DIR)
+        self.concurrency = concurrency
+        self._tokens: dict[str, api.CancelToken] = {}
+        self._lock = threading.Lock()
+
+    # ---- cancellation: one token per browser session, armed on click so a queued run can be cancelled too
+    def arm(self, request: gr.Request | None = None) -> str:
+        token = api.CancelToken()
+        with self._lock:
+            self._tokens[self._session(request)] = token
+        return "Queued…"
+
+    def cancel(self, request: gr.Request | None = None) -> str:
+        with self._lock:
+            token = self._tokens.get(self._session(request))
+        if token is None:
+            return "Nothing to cancel."
+        token.cancel()
+        return "Cancelling after the current step…"
+
+    @staticmethod
+    def _session(request: gr.Request | None) -> str:
+        return getattr(request, "session_hash", None) or "local"
+
+    # ---- running
+    def run_stream(self, m: Method, settings: Any, images: dict[str, Any], session: str = "local",
+                   progress: Any = None) -> Iterator[tuple[str, Any]]:
+        """Run ``m`` in a worker thread; yields ("status", markdown), ("preview", PIL) and finally
+        ("result", api.Result). Closing the generator early cancels the run."""
+        with self._lock:
+            token = self._tokens.setdefault(session, api.CancelToken())
+        if token.cancelled:  # cancel was pressed while the run waited in the queue
+            with self._lock:
+                self._tokens.pop(session, None)
+            yield "status", "Cancelled before it started."
+            return
+        events: queue.Queue = queue.Queue()
+
+        def work() -> None:
+            try:
+                result = api.run(m.name, settings, clip="tiny" if self.test_models else None,
+                                 callback=lambda info: events.put(("step", info)), cancel=token, **images)
+                events.put(("done", result))
+            except BaseException as e:  # handed to the UI thread, which shows it
+                events.put(("error", e))
+
+        worker = threading.Thread(target=work, name=f"clipkit-{m.name}", daemon=True)
+        started = time.perf_counter()
+        worker.start()
+        last_status = 0.0
+        try:
+            while True:
+                kind, payload = events.get()
+                if kind == "step":
+                    info = payload
+                    if progress is not None:
+                        progress((info.step, info.total), desc=f"{m.title}: step {info.step}/{info.total}")
+                    if info.preview is not None:
+                        yield "preview", tensor_to_pil(info.preview)
+                    now = time.perf_counter()
+                    if now - last_status >= UPDATE_EVERY_S or info.step == info.total:
+                        last_status = now
+                        yield "status", (f"**Step {info.step}/{info.total}** ({now - started:.1f} s) — "
+                                         f"{format_values(info.values)}")
+                elif kind == "error":
+                    raise payload
+                else:
+                    yield "result", payload
+                    return
+        finally:
+            if worker.is_alive():
+                token.cancel()  # the browser went away or Gradio stopped the event: stop the worker too
+            with self._lock:
+                if self._tokens.get(session) is token:
+                    del self._tokens[session]
+
+    def save_result(self, m: Method, result: api.Result) -> Entry:
+        """Write the result PNG (settings embedded) where the app serves downloads from."""
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        seed = result.settings.get("seed")
+        base = f"{m.name}-{stamp}" + (f"-s{seed}" if seed is not None else "")
+        path = self.output_dir / f"{base}.png"
+        n = 1
+        while path.exists():
+            n += 1
+            path = self.output_dir / f"{base}-{n}.png"
+        result.save(path)
+        return Entry(str(path), caption_for(result.record), result.record)
+
+    # ---- building
+    def build(self) -> gr.Blocks:
+        with gr.Blocks(title="clipkit") as demo:
+            gr.Markdown("# clipkit\nCLIP-guided image generation and editing. Pick a tab, load a preset or set "
+                        "the controls, press **Run**. Results keep their settings: download the PNG, or load it "
+                        "back as a preset to reproduce it.")
+            if self.test_models:
+                gr.Markdown("**Test mode:** CLIP-guided methods use the tiny random test CLIP (no weights needed; "
+                            "results are not meaningful).", elem_id="test-mode-banner")
+            with gr.Tabs():
+                for m in methods().values():
+                    with gr.Tab(m.title, id=m.name, elem_id=f"tab-{m.name}"):
+                        self._build_tab(m)
+        demo.queue(default_concurrency_limit=self.concurrency, max_size=64)
+        return demo
+
+    def _build_tab(self, m: Method) -> None:
+        gr.Markdown(m.description)
+        notice = None if (self.test_models and m.uses_clip) else m.missing()
+        if notice:
+            gr.Markdown(f"⚠️ **Weights missing — runs will fail until they are in place.** {notice}",
+                        elem_id=f"{m.name}-missing")
+        defaults = settings_dict(m.defaults())
+        history = gr.State([])
+        with gr.Row():
+            with gr.Column(scale=1):
+                inputs: dict[str, gr.components.Component] = {}
+                for inp in m.inputs:
+                    if inp.mask:
+                        inputs[inp.name] = gr.ImageEditor(
+                            label=inp.label, type="pil", format="png", image_mode="RGB", layers=False,
+                            brush=gr.Brush(colors=["#ff00ff"], color_mode="fixed"), transforms=(),
+                            sources=["upload", "clipboard"], elem_id=f"{m.name}-{inp.name}")
+                    else:
+                        inputs[inp.name] = gr.Image(label=inp.label, type="pil", format="png",
+                                                    sources=["upload", "clipboard"], elem_id=f"{m.name}-{inp.name}")
+                presets = [p.name for p in list_presets(m.name)]
+                with gr.Row():
+                    preset_dd = gr.Dropdown(presets, value=None, label="Preset", scale=3,
+                                            elem_id=f"{m.name}-preset")
+                    upload = gr.UploadButton("Load preset / PNG", file_types=[".json", ".png"], scale=1,
+                                             size="sm", elem_id=f"{m.name}-preset-upload")
+                preset_info = gr.Markdown(elem_id=f"{m.name}-preset-info")
+                controls: dict[str, gr.components.Component] = {}
+                main = [f.name for f in fields(m.settings_cls) if not m.controls.get(f.name, Control(advanced=True))
+                        .advanced]
+                for name in main:
+                    controls[name] = self._control(m, name, defaults[name])
+                with gr.Accordion("Advanced", open=False):
+                    for name in m.field_names():
+                        if name not in controls:
+                            controls[name] = self._control(m, name, defaults[name])
+                controls = {n: controls[n] for n in m.field_names()}  # field order, for value lists
+                with gr.Row():
+                    run_btn = gr.Button("Run", variant="primary", elem_id=f"{m.name}-run")
+                    cancel_btn = gr.Button("Cancel", variant="stop", elem_id=f"{m.name}-cancel")
+                with gr.Accordion("Save as preset", open=False):
+                    save_name = gr.Textbox(label="Preset name", placeholder="my-look", elem_id=f"{m.name}-save-name")
+                    save_desc = gr.Textbox(label="Description", placeholder="what it does, for whom")
+                    save_btn = gr.Button("Save preset", elem_id=f"{m.name}-save")
+                    preset_file = gr.File(label="Preset file", interactive=False)
+            with gr.Column(scale=1):
+                preview = gr.Image(label="Preview", type="pil", interactive=False, format="png",
+                                   elem_id=f"{m.name}-preview")
+                status = gr.Markdown(elem_id=f"{m.name}-status")
+                gallery = gr.Gallery(label="Results (this session)", columns=3, height="auto", format="png",
+                                     elem_id=f"{m.name}-gallery")
+                record_json = gr.JSON(label="Settings, losses and timings of the selected result",
+                                      elem_id=f"{m.name}-record")
+                with gr.Row():
+                    download = gr.DownloadButton("Download PNG (settings embedded)", value=None,
+                                                 elem_id=f"{m.name}-download")
+                    reuse_btn = gr.Button("Load these settings", elem_id=f"{m.name}-reuse")
+
+        control_list = list(controls.values())
+
+        def apply(p: Preset) -> list[Any]:
+            if p.method != m.name:
+                raise gr.Error(f"'{p.name}' is a preset for method '{p.method}'; open the "
+                               f"{methods()[p.method].title if p.method in methods() else p.method} tab to use it")
+            desc = f" — {p.description}" if p.description else ""
+            return [*settings_to_values(m, p.settings), f"Loaded preset **{p.name}**{desc}"]
+
+        def on_preset(name: str | None) -> list[Any]:
+            if not name:
+                return [gr.update() for _ in control_list] + [""]
+            try:
+                return apply(load_preset(name))
+            except ClipKitError as e:
+                raise gr.Error(str(e)) from e
+
+        def on_upload(file: str | None) -> list[Any]:
+            if not file:
+                return [gr.update() for _ in control_list] + [""]
+            try:
+                return apply(load_preset(Path(file)))
+            except ClipKitError as e:
+                raise gr.Error(str(e)) from e
+
+        def on_reuse(record: dict | None) -> list[Any]:
+            if not record:
+                raise gr.Error("select a result in the gallery first")
+            try:
+                return apply(preset_from_record(record, name="from-result", source="the selected result"))
+            except ClipKitError as e:
+                raise gr.Error(str(e)) from e
+
+        def on_save(data: dict) -> tuple[Any, Any, str]:
+            name = (data[save_name] or "").strip()
+            try:
+                s = values_to_settings(m, {n: data[c] for n, c in controls.items()})
+                path = save_preset(make_preset(m.name, s, name, (data[save_desc] or "").strip()))
+            except ClipKitError as e:
+                raise gr.Error(str(e)) from e
+            choices = [p.name for p in list_presets(m.name)]
+            return (str(path), gr.update(choices=choices, value=name),
+                    f"Saved preset **{name}** to `{path}`")
+
+        def on_run(data: dict, request: gr.Request, progress=gr.Progress()) -> Iterator[dict]:  # noqa: B008 (Gradio injects it)
+            try:
+                settings = values_to_settings(m, {n: data[c] for n, c in controls.items()})
+            except ClipKitError as e:
+                raise gr.Error(str(e)) from e
+            images: dict[str, Any] = {}
+            for inp in m.inputs:
+                value = data[inputs[inp.name]]
+                if inp.mask:
+                    image, mask = split_editor(value)
+                    if mask is not None:
+                        images["mask"] = mask
+                else:
+                    image = _flatten(value) if value is not None else None
+                if image is None:
+                    raise gr.Error(f"upload an image first ({inp.label})")
+                images[inp.name] = image
+            try:
+                for kind, payload in self.run_stream(m, settings, images, self._session(request), progress):
+                    if kind == "preview":
+                        yield {preview: payload}
+                    elif kind == "status":
+                        yield {status: payload}
+                    else:
+                        entry = self.save_result(m, payload)
+                        entries = [entry, *data[history]]
+                        done = "Cancelled — partial result kept." if payload.record["cancelled"] else "Done."
+                        t = sum(payload.record["timings"].values())
+                        yield {
+                            preview: payload.image,
+                            status: f"**{done}** {entry.caption} · {t:.1f} s — saved `{entry.path}`",
+                            gallery: gr.update(value=[(e.path, e.caption) for e in entries], selected_index=0),
+                            record_json: entry.record,
+                            download: entry.path,
+                            history: entries,
+                        }
+            except ClipKitError as e:
+                raise gr.Error(str(e), duration=None) from e
+            except Exception as e:
+                log.exception("run of %s failed", m.name)
+                raise gr.Error(f"{type(e).__name__}: {e}", duration=None) from e
+
+        def on_select(entries: list[Entry], evt: gr.SelectData) -> tuple[Any, Any]:
+            if evt.index is None or evt.index >= len(entries):
+                return gr.update(), gr.update()
+            e = entries[evt.index]
+            return e.record, e.path
+
+        preset_dd.input(on_preset, preset_dd, [*control_list, preset_info], queue=False)
+        upload.upload(on_upload, upload, [*control_list, preset_info], queue=False)
+        reuse_btn.click(on_reuse, record_json, [*control_list, preset_info], queue=False)
+        save_btn.click(on_save, {save_name, save_desc, *control_list}, [preset_file, preset_dd, preset_info],
+                       queue=False)
+        run_inputs = {*control_list, *inputs.values(), history}
+        run_btn.click(self.arm, None, status, queue=False).then(
+            on_run, run_inputs, [preview, status, gallery, record_json, download, history],
+            concurrency_limit=self.concurrency, concurrency_id="clipkit-runs")
+        cancel_btn.click(self.cancel, None, status, queue=False)
+        gallery.select(on_select, history, [record_json, download], queue=False)
+
+    @staticmethod
+    def _control(m: Method, name: str, value: Any) -> gr.components.Component:
+        ctl = m.controls.get(name, Control())
+        label = ctl.label or name.replace("_", " ")
+        kind = field_kind(m, name)
+        elem_id = f"{m.name}-{name}"
+        if kind == "textarea":
+            return gr.Textbox(value=value or "", label=label, info=ctl.info, lines=2, elem_id=elem_id)
+        if kind == "slider":
+            return gr.Slider(ctl.minimum or 0, ctl.maximum or 100, value=value, step=ctl.step, label=label,
+                             info=ctl.info, elem_id=elem_id)
+        if kind == "number":
+            return gr.Number(value=value, label=label, info=ctl.info, precision=0 if _is_int(m, name) else None,
+                             elem_id=elem_id)
+        if kind == "dropdown":
+            return gr.Dropdown(list(ctl.choices or ()), value=value, label=label, info=ctl.info,
+                               allow_custom_value=True, elem_id=elem_id)
+        if kind == "checkbox":
+            return gr.Checkbox(value=bool(value), label=label, info=ctl.info, elem_id=elem_id)
+        return gr.Textbox(value="" if value is None else str(value), label=label, info=ctl.info, elem_id=elem_id)
+
+
+def build_app(test_models: bool = False, output_dir: Path | None = None, concurrency: int = 1) -> gr.Blocks:
+    """The Blocks, queue configured; ``test_models`` swaps the tiny test CLIP in for CLIP-guided methods."""
+    return ClipKitApp(test_models, output_dir, concurrency).build()
+
+
+def serve(host: str = "127.0.0.1", port: int = 7860, test_models: bool = False, output_dir: Path | None = None,
+          concurrency: int = 1, inbrowser: bool = False) -> None:
+    """Build and serve the app (blocks until interrupted)."""
+    out = Path(output_dir or DEFAULT_OUTPUT_DIR)
+    out.mkdir(parents=True, exist_ok=True)
+    demo = build_app(test_models, out, concurrency)
+    demo.launch(server_name=host, server_port=port, allowed_paths=[str(out)], show_error=True, inbrowser=inbrowser,
+                footer_links=["api", "settings"])
