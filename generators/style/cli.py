@@ -1,0 +1,209 @@
+"""Style transfer from the shell, one image or a folder at a time.
+
+    python -m generators.style.cli clipstyler --input PHOTOS --output OUT --prompt "oil painting of flowers"
+    python -m generators.style.cli clipstyler --input PHOTOS --output OUT --network OUT/nets/boat.safetensors
+    python -m generators.style.cli train-stylizer --content PHOTOS --out runs/style/stylizer.safetensors
+    python -m generators.style.cli stylize --input PHOTOS --output OUT --checkpoint runs/style/stylizer.safetensors \
+        --prompt "a watercolor painting"
+    python -m generators.style.cli poda --input PHOTOS --output OUT --prompt "driving at night"
+
+Folder runs show a progress bar, skip outputs already made with the same settings (resume), never write over an
+input and write atomically. ``--preset van-gogh`` reads presets/style-van-gogh.json; flags override it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from generators.style.batch import list_inputs, run_batch
+from generators.style.clipstyler import ClipStylerSettings, apply_network, clipstyler
+from generators.style.feedforward import (
+    DEFAULT_PROMPTS,
+    StylizeSettings,
+    TrainStylizerSettings,
+    get_stylizer,
+    stylize,
+    train_stylizer,
+)
+from generators.style.network import read_metadata, save_network
+from generators.style.poda import PinAugmenter, PodaSettings, poda
+from generators.style.presets import load_preset
+from guidance.clip import DEFAULT_MODEL, get_clip
+from guidance.errors import ClipKitError
+
+
+def _settings(cls: type, args: argparse.Namespace, method: str) -> Any:
+    """Preset values, then every flag the user gave (flags default to None so the preset shows through)."""
+    values: dict[str, Any] = load_preset(args.preset, method) if getattr(args, "preset", None) else {}
+    for f in fields(cls):
+        v = getattr(args, f.name, None)
+        if v is not None:
+            values[f.name] = v
+    return cls(**values).validate()
+
+
+def _common(p: argparse.ArgumentParser, io: bool = True) -> None:
+    if io:
+        p.add_argument("--input", required=True, type=Path, help="an image or a folder of images (not recursive)")
+        p.add_argument("--output", required=True, type=Path, help="folder for the PNG results (not the input folder)")
+        p.add_argument("--overwrite", action="store_true", help="redo outputs made with other settings")
+        p.add_argument("--preset", help="style preset name (presets/style-NAME.json) or path")
+        p.add_argument("--prompt")
+        p.add_argument("--size", type=int, help="long side in pixels the image is processed at")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--model", help="CLIP name (default: the packaged world-guide)")
+    p.add_argument("--pretrained", help="CLIP weights: a local file, a cached tag, or 'random' (plumbing only)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m generators.style.cli", description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("clipstyler", help="per-prompt network optimised on each image (or a saved one applied)")
+    _common(c)
+    c.add_argument("--source", help="source text of the direction (default 'a photo')")
+    c.add_argument("--steps", type=int)
+    c.add_argument("--lr", type=float)
+    c.add_argument("--crop-size", dest="crop_size", type=int)
+    c.add_argument("--num-crops", dest="num_crops", type=int)
+    c.add_argument("--threshold", type=float)
+    for name in ("lambda_patch", "lambda_dir", "lambda_c", "lambda_tv"):
+        c.add_argument(f"--{name.replace('_', '-')}", dest=name, type=float)
+    c.add_argument("--save-networks", type=Path, help="folder to save each trained network as NAME.safetensors")
+    c.add_argument("--network", type=Path, help="fast mode: apply this saved network instead of optimising")
+
+    s = sub.add_parser("stylize", help="feed-forward text-conditioned stylizer: one pass per image")
+    _common(s)
+    s.add_argument("--checkpoint", help="trained stylizer (.safetensors from train-stylizer)")
+    s.add_argument("--no-noise", dest="noise", action="store_false", default=None)
+
+    p = sub.add_parser("poda", help="prompt-driven instance normalisation of CLIP features, with a visual preview")
+    _common(p)
+    p.add_argument("--steps", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--preview-steps", dest="preview_steps", type=int)
+    p.add_argument("--save-stats", type=Path, help="write the learnt PIN statistics (safetensors) for augmentation")
+
+    t = sub.add_parser("train-stylizer", help="train the feed-forward stylizer over photos and style prompts")
+    _common(t, io=False)
+    t.add_argument("--content", required=True, type=Path, help="folder of content photos")
+    t.add_argument("--out", required=True, type=Path, help="network file (.safetensors); state goes beside it")
+    t.add_argument("--prompts", help="style prompts separated by '|' (default: a built-in list of 12)")
+    t.add_argument("--prompts-file", type=Path, help="one style prompt per line")
+    t.add_argument("--steps", type=int)
+    t.add_argument("--size", type=int, help="training crop size")
+    t.add_argument("--batch", type=int)
+    t.add_argument("--lr", type=float)
+    t.add_argument("--crop-size", dest="crop_size", type=int)
+    t.add_argument("--num-crops", dest="num_crops", type=int)
+    t.add_argument("--checkpoint-every", dest="checkpoint_every", type=int)
+    t.add_argument("--no-resume", dest="resume", action="store_false", help="start again instead of resuming")
+    return ap
+
+
+def cmd_clipstyler(args: argparse.Namespace) -> str:
+    progress = not args.quiet
+    if args.network is not None:
+        md = read_metadata(args.network)
+        job = {"method": "clipstyler", "mode": "fast", "network": str(args.network.resolve()),
+               "prompt": md["meta"].get("prompt"), "size": args.size}
+        report = run_batch(args.input, args.output, job,
+                           lambda img, _: apply_network(args.network, img, size=args.size), args.overwrite, progress)
+        return report.summary()
+    s = _settings(ClipStylerSettings, args, "clipstyler")
+    clip = get_clip(s.model, s.pretrained)
+    job = {"method": "clipstyler", **asdict(s)}
+
+    def save_net(src: Path, dst: Path, result) -> None:
+        if args.save_networks is not None:
+            save_network(result.extras["network"], args.save_networks / f"{src.stem}.safetensors",
+                         "clipstyler-unet", result.settings)
+
+    report = run_batch(args.input, args.output, job,
+                       lambda img, _: clipstyler(img, s, clip=clip, progress=progress), args.overwrite, progress,
+                       after_each=save_net)
+    return report.summary()
+
+
+def cmd_stylize(args: argparse.Namespace) -> str:
+    s = _settings(StylizeSettings, args, "stylize")
+    net, meta = get_stylizer(s.checkpoint)
+    clip = get_clip(args.model or meta.get("model") or DEFAULT_MODEL, args.pretrained or meta.get("pretrained"))
+    job = {"method": "stylize", **asdict(s), "trained_steps": meta.get("step")}
+    report = run_batch(args.input, args.output, job, lambda img, _: stylize(img, s, clip=clip, network=net),
+                       args.overwrite, not args.quiet)
+    return report.summary()
+
+
+def cmd_poda(args: argparse.Namespace) -> str:
+    s = _settings(PodaSettings, args, "poda")
+    clip = get_clip(s.model, s.pretrained)
+    job = {"method": "poda", **asdict(s)}
+    bank = PinAugmenter(clip)
+
+    def keep(src: Path, dst: Path, result) -> None:
+        pin = result.extras["pin"]
+        old = bank.banks.get(s.prompt)
+        bank.banks[s.prompt] = (pin.mu, pin.sigma) if old is None else (
+            torch.cat([old[0], pin.mu]), torch.cat([old[1], pin.sigma]))
+
+    report = run_batch(args.input, args.output, job, lambda img, _: poda(img, s, clip=clip, progress=False),
+                       args.overwrite, not args.quiet, after_each=keep)
+    if args.save_stats is not None and bank.banks:
+        args.save_stats.parent.mkdir(parents=True, exist_ok=True)
+        bank.save(str(args.save_stats))
+    return report.summary()
+
+
+def cmd_train(args: argparse.Namespace) -> str:
+    values: dict[str, Any] = {}
+    if args.prompts_file is not None:
+        values["prompts"] = [ln.strip() for ln in args.prompts_file.read_text().splitlines() if ln.strip()]
+    elif args.prompts:
+        values["prompts"] = [p.strip() for p in args.prompts.split("|") if p.strip()]
+    else:
+        values["prompts"] = list(DEFAULT_PROMPTS)
+    for f in fields(TrainStylizerSettings):
+        v = getattr(args, f.name, None)
+        if v is not None and f.name != "prompts":
+            values[f.name] = v
+    s = TrainStylizerSettings(**values).validate()
+    clip = get_clip(s.model, s.pretrained)
+    result = train_stylizer(list_inputs(args.content), args.out, s, clip=clip, resume=args.resume,
+                            progress=not args.quiet)
+    h = result.history
+    start = result.extras["start_step"]
+    if not h:
+        return f"{args.out} is already trained to step {start} (raise --steps to continue)"
+    first, last = h[0]["loss"], sum(x["loss"] for x in h[-10:]) / len(h[-10:])
+    return (f"trained steps {start}..{start + len(h)} in {result.timings['train_s']:.1f}s "
+            f"({result.timings['s_per_step']:.2f}s/step); loss {first:.1f} -> {last:.1f} (mean of last 10); "
+            f"saved {args.out}")
+
+
+COMMANDS = {"clipstyler": cmd_clipstyler, "stylize": cmd_stylize, "poda": cmd_poda, "train-stylizer": cmd_train}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        message = COMMANDS[args.command](args)
+    except ClipKitError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(message, file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
