@@ -160,26 +160,10 @@ def _jsonable(v: Any) -> Any:
     return list(v) if isinstance(v, tuple) else v
 
 
-def _migrate_flat(data: dict[str, Any]) -> dict[str, Any]:
-    """The enhance back-end's first presets were flat (``{"task": "enhance", "checkpoint": ..., "tile": "auto"}``);
-    read them as version-1 presets so they keep working while they are rewritten in this format."""
-    data = dict(data)
-    method = data.pop("task")
-    meta = {k: data.pop(k) for k in ("name", "description") if k in data}
-    data.pop("version", None)
-    if method == "enhance" and data.get("tile") == "auto":
-        data["tile"] = 0
-    name = str(meta.get("name", "preset"))
-    meta["name"] = name if name.startswith(f"{method}-") else f"{method}-{name}"
-    return {"format": FORMAT, "version": VERSION, "method": method, **meta, "settings": data}
-
-
 def parse_preset(data: Any, source: str = "preset") -> Preset:
     """Validate a decoded preset document (see module doc) into a Preset with complete settings."""
     if not isinstance(data, dict):
         raise PresetError(f"{source}: a preset is a JSON object, got {type(data).__name__}")
-    if "task" in data and "format" not in data:
-        data = _migrate_flat(data)
     unknown = [k for k in data if k not in TOP_KEYS]
     if unknown:
         raise PresetError(f"{source}: unknown key{'s' if len(unknown) > 1 else ''} "

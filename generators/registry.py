@@ -66,6 +66,7 @@ class Method:
     # For batch runs of methods without image inputs: the text setting a .txt input file fills.
     text_field: str | None = None
     check: Callable[[Any], str | None] | None = None
+    family: str = ""  # the app groups methods of one family under one tab (default: the method's own tab)
 
     def field_names(self) -> list[str]:
         return [f.name for f in fields(self.settings_cls)]
@@ -234,8 +235,111 @@ def _enhance_entry() -> Method:
     )
 
 
+# ------------------------------------------------------------------------------------------------------ style
+_STYLE_FAMILY = "Style transfer"
+
+
+def _clipstyler_entry() -> Method:
+    from generators.style.clipstyler import TEMPLATE_SETS, ClipStylerSettings, clipstyler
+
+    def run(settings: ClipStylerSettings, *, image, clip=None, callback=None, cancel=None,
+            progress=False) -> RunResult:
+        return clipstyler(image, settings, clip=clip, callback=callback, cancel=cancel, progress=progress)
+
+    return Method(
+        name="clipstyler",
+        title="CLIPstyler",
+        family=_STYLE_FAMILY,
+        description="Style a photo from a text prompt: a small network is optimised per prompt so patches of its "
+                    "output move from the source text toward the prompt in CLIP space, keeping the content.",
+        settings_cls=ClipStylerSettings,
+        runner=run,
+        inputs=(ImageInput("image", "Content image"),),
+        controls={
+            "prompt": Control("Style prompt", "e.g. 'oil painting of flowers'", kind="textarea"),
+            "source": Control("Source text", "what the input is, e.g. 'a photo'"),
+            "steps": Control("Steps", kind="slider", minimum=1, maximum=1000, step=1),
+            "size": Control("Long side (px)", kind="slider", minimum=32, maximum=1024, step=16),
+            "seed": Control("Seed", kind="number"),
+            "lambda_patch": Control("Patch direction strength (α)", kind="number"),
+            "lambda_dir": Control("Global direction strength (β)", kind="number"),
+            "lambda_c": Control("Keep the content (content weight)", kind="number"),
+            "templates": Control("Prompt templates", kind="dropdown", choices=tuple(sorted(TEMPLATE_SETS)),
+                                 advanced=True),
+        },
+        record_only=("clip", "content_features", "content_layers"),
+        check=check_clip,
+    )
+
+
+def _stylize_entry() -> Method:
+    from pathlib import Path
+
+    from generators.style.feedforward import StylizeSettings, stylize
+
+    def run(settings: StylizeSettings, *, image, clip=None, callback=None, cancel=None,
+            progress=False) -> RunResult:
+        return stylize(image, settings, clip=clip, callback=callback, cancel=cancel, progress=progress)
+
+    def check(s: StylizeSettings) -> str | None:
+        if not Path(s.checkpoint).is_file():
+            return (f"no trained stylizer at {s.checkpoint}; train one with `python -m generators.style.cli "
+                    "train-stylizer --content DIR --out PATH` and set 'checkpoint' to it")
+        return None
+
+    return Method(
+        name="stylize",
+        title="Feed-forward",
+        family=_STYLE_FAMILY,
+        description="Instant style transfer for any prompt: one pass of a text-conditioned stylizer network "
+                    "(trained once with train-stylizer).",
+        settings_cls=StylizeSettings,
+        runner=run,
+        inputs=(ImageInput("image", "Content image"),),
+        controls={
+            "prompt": Control("Style prompt", kind="textarea"),
+            "checkpoint": Control("Stylizer checkpoint", "a .safetensors written by train-stylizer"),
+            "size": Control("Long side (px; empty = input size)", kind="number"),
+            "seed": Control("Seed", kind="number"),
+        },
+        record_only=("clip", "trained_steps"),
+        check=check,
+    )
+
+
+def _poda_entry() -> Method:
+    from generators.style.poda import TEMPLATE_SETS, PodaSettings, poda
+
+    def run(settings: PodaSettings, *, image, clip=None, callback=None, cancel=None, progress=False) -> RunResult:
+        return poda(image, settings, clip=clip, callback=callback, cancel=cancel, progress=progress)
+
+    return Method(
+        name="poda",
+        title="PODA",
+        family=_STYLE_FAMILY,
+        description="Prompt-driven domain shift (PODA): CLIP feature statistics are moved toward a described "
+                    "domain ('driving at night'), then rendered back to pixels as a preview.",
+        settings_cls=PodaSettings,
+        runner=run,
+        inputs=(ImageInput("image", "Photo"),),
+        controls={
+            "prompt": Control("Target domain", "e.g. 'driving at night', 'in the snow'", kind="textarea"),
+            "steps": Control("Steps", kind="slider", minimum=1, maximum=1000, step=1),
+            "size": Control("Long side (px)", kind="slider", minimum=32, maximum=1024, step=16),
+            "preview_steps": Control("Preview render steps (0 = none)", kind="slider", minimum=0, maximum=500,
+                                     step=1),
+            "seed": Control("Seed", kind="number"),
+            "templates": Control("Prompt templates", kind="dropdown", choices=tuple(sorted(TEMPLATE_SETS)),
+                                 advanced=True),
+        },
+        record_only=("clip", "layer", "pin_loss_start", "pin_loss_end"),
+        check=check_clip,
+    )
+
+
 # --------------------------------------------------------------------------------------------------- registry
-_BUILTIN: tuple[Callable[[], Method], ...] = (_generate_entry, _edit_entry, _enhance_entry)
+_BUILTIN: tuple[Callable[[], Method], ...] = (_generate_entry, _edit_entry, _clipstyler_entry, _stylize_entry,
+                                              _poda_entry, _enhance_entry)
 _METHODS: dict[str, Method] = {}
 _SKIPPED: dict[str, str] = {}
 _LOCK = threading.Lock()

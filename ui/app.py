@@ -48,12 +48,23 @@ UPDATE_EVERY_S = 0.2  # at most this often a status update goes to the browser (
 
 
 # ------------------------------------------------------------------------------------------ pure helpers
+def _base_type(m: Method, name: str) -> Any:
+    """A field's type with ``| None`` stripped (``int | None`` -> int)."""
+    hint = typing.get_type_hints(m.settings_cls)[name]
+    arms = [a for a in typing.get_args(hint) if a is not type(None)]
+    return arms[0] if len(arms) == 1 and _optional(m, name) else hint
+
+
+def _optional(m: Method, name: str) -> bool:
+    return type(None) in typing.get_args(typing.get_type_hints(m.settings_cls)[name])
+
+
 def field_kind(m: Method, name: str) -> str:
     """The widget a settings field gets: the registry's Control.kind, else one from its type."""
     ctl = m.controls.get(name, Control())
     if ctl.kind:
         return ctl.kind
-    hint = typing.get_type_hints(m.settings_cls)[name]
+    hint = _base_type(m, name)
     if hint is bool:
         return "checkbox"
     if hint in (int, float):
@@ -62,18 +73,14 @@ def field_kind(m: Method, name: str) -> str:
 
 
 def _is_int(m: Method, name: str) -> bool:
-    return typing.get_type_hints(m.settings_cls)[name] is int
-
-
-def _optional(m: Method, name: str) -> bool:
-    return type(None) in typing.get_args(typing.get_type_hints(m.settings_cls)[name])
+    return _base_type(m, name) is int
 
 
 def values_to_settings(m: Method, values: dict[str, Any]) -> Any:
     """Control values -> validated Settings (numbers from sliders become ints where the field is an int)."""
     clean: dict[str, Any] = {}
     for name, v in values.items():
-        if isinstance(v, str) and v.strip() == "" and _optional(m, name):
+        if (v is None or (isinstance(v, str) and v.strip() == "")) and _optional(m, name):
             v = None
         elif _is_int(m, name) and isinstance(v, float) and v.is_integer():
             v = int(v)
@@ -249,10 +256,19 @@ class ClipKitApp:
             if self.test_models:
                 gr.Markdown("**Test mode:** CLIP-guided methods use the tiny random test CLIP (no weights needed; "
                             "results are not meaningful).", elem_id="test-mode-banner")
+            families: dict[str, list[Method]] = {}
+            for m in methods().values():
+                families.setdefault(m.family or m.title, []).append(m)
             with gr.Tabs():
-                for m in methods().values():
-                    with gr.Tab(m.title, id=m.name, elem_id=f"tab-{m.name}"):
-                        self._build_tab(m)
+                for family, members in families.items():
+                    if len(members) == 1:
+                        with gr.Tab(members[0].title, id=members[0].name, elem_id=f"tab-{members[0].name}"):
+                            self._build_tab(members[0])
+                        continue
+                    with gr.Tab(family, id=family, elem_id=f"tab-{family.lower().replace(' ', '-')}"), gr.Tabs():
+                        for m in members:
+                            with gr.Tab(m.title, id=m.name, elem_id=f"tab-{m.name}"):
+                                self._build_tab(m)
         demo.queue(default_concurrency_limit=self.concurrency, max_size=64)
         return demo
 
@@ -302,13 +318,13 @@ class ClipKitApp:
                     save_btn = gr.Button("Save preset", elem_id=f"{m.name}-save")
                     preset_file = gr.File(label="Preset file", interactive=False)
             with gr.Column(scale=1):
-                preview = gr.Image(label="Preview", type="pil", interactive=False, format="png",
+                preview = gr.Image(label="Preview", type="pil", interactive=False, format="png", height=256,
                                    elem_id=f"{m.name}-preview")
                 status = gr.Markdown(elem_id=f"{m.name}-status")
                 gallery = gr.Gallery(label="Results (this session)", columns=3, height="auto", format="png",
                                      elem_id=f"{m.name}-gallery")
                 record_json = gr.JSON(label="Settings, losses and timings of the selected result",
-                                      elem_id=f"{m.name}-record")
+                                      max_height=320, elem_id=f"{m.name}-record")
                 with gr.Row():
                     download = gr.DownloadButton("Download PNG (settings embedded)", value=None,
                                                  elem_id=f"{m.name}-download")
