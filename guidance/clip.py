@@ -73,10 +73,11 @@ def _cached_file_for_tag(name: str, tag: str) -> tuple[Path | None, str]:
         filename = filename or "open_clip_pytorch_model.bin"
         wanted = f"{filename} from the Hugging Face repo {repo}"
         try:
-            from huggingface_hub import try_to_load_from_cache
+            from huggingface_hub import constants, try_to_load_from_cache
 
+            cache_dir = os.environ.get("HF_HUB_CACHE", constants.HF_HUB_CACHE)
             for fn in (filename.rsplit(".", 1)[0] + ".safetensors", filename):
-                hit = try_to_load_from_cache(repo, fn)
+                hit = try_to_load_from_cache(repo, fn, cache_dir=cache_dir)
                 if isinstance(hit, str):
                     candidates.append(Path(hit))
         except ImportError:
@@ -91,7 +92,15 @@ def _cached_file_for_tag(name: str, tag: str) -> tuple[Path | None, str]:
     return None, wanted
 
 
-def resolve_weights(name: str, pretrained: str | os.PathLike | None) -> Path:
+@dataclass(frozen=True)
+class ResolvedWeights:
+    """A local weights file plus what the published tag says about using it (activation, normalisation)."""
+
+    path: Path
+    tag_cfg: dict = field(default_factory=dict)
+
+
+def resolve_weights(name: str, pretrained: str | os.PathLike | None) -> ResolvedWeights:
     """Turn (model name, tag or path) into an existing local file, or explain what is missing."""
     if name not in open_clip.list_models():
         raise ModelNameError(
@@ -101,12 +110,12 @@ def resolve_weights(name: str, pretrained: str | os.PathLike | None) -> Path:
     if pretrained is not None:
         path = Path(pretrained).expanduser()
         if path.is_file():
-            return path
+            return ResolvedWeights(path)
         if path.suffix or os.sep in str(pretrained):
             raise WeightsNotFoundError(f"CLIP checkpoint file not found: {path}")
         hit, wanted = _cached_file_for_tag(name, str(pretrained))
         if hit:
-            return hit
+            return ResolvedWeights(hit, dict(open_clip.get_pretrained_cfg(name, str(pretrained))))
         raise WeightsNotFoundError(
             f"weights for {name} ({pretrained}) are not on this machine and no model hub can be reached. "
             f"Download {wanted} elsewhere and pass its path (CLI: --clip-weights PATH; API: pretrained=PATH), "
@@ -115,7 +124,7 @@ def resolve_weights(name: str, pretrained: str | os.PathLike | None) -> Path:
     for d in PACKAGED_WEIGHT_DIRS:
         path = d / f"{name}.safetensors"
         if path.is_file():
-            return path
+            return ResolvedWeights(path)
     raise WeightsNotFoundError(
         f"no weights given for {name} and the project ships none for it. Pass pretrained=<tag or local file> "
         f"(e.g. a checkpoint downloaded elsewhere); packaged models: {', '.join(packaged_models()) or 'none'}"
@@ -192,11 +201,11 @@ class ClipModel:
         return F.normalize(self.model.encode_text(tokens).float(), dim=-1)
 
 
-def _wrap(model: torch.nn.Module, name: str, device: torch.device) -> ClipModel:
+def _wrap(model: torch.nn.Module, name: str, device: torch.device, tag_cfg: dict | None = None) -> ClipModel:
     model = model.to(device).eval().requires_grad_(False)
     size = model.visual.image_size
     size = int(size[0] if isinstance(size, (tuple, list)) else size)
-    pp = getattr(model.visual, "preprocess_cfg", {}) or {}
+    pp = {**(getattr(model.visual, "preprocess_cfg", {}) or {}), **(tag_cfg or {})}
     mean = torch.tensor(pp.get("mean", open_clip.OPENAI_DATASET_MEAN), device=device).view(1, 3, 1, 1)
     std = torch.tensor(pp.get("std", open_clip.OPENAI_DATASET_STD), device=device).view(1, 3, 1, 1)
     return ClipModel(model, open_clip.get_tokenizer(name), name, size, mean, std)
@@ -213,14 +222,18 @@ def load_clip(
         if name not in open_clip.list_models():
             resolve_weights(name, None)  # raises the unknown-name error
         return _random_model(name, 0, device)
-    path = resolve_weights(name, pretrained)
+    resolved = resolve_weights(name, pretrained)
+    path = resolved.path
     try:
-        model = open_clip.create_model(name, pretrained=str(path), device="cpu")
+        # A file found for a published tag is loaded as a file, so carry over what the tag implies
+        # (e.g. OpenAI's QuickGELU); otherwise the network would silently compute something else.
+        quick_gelu = bool(resolved.tag_cfg.get("quick_gelu", False))
+        model = open_clip.create_model(name, pretrained=str(path), device="cpu", force_quick_gelu=quick_gelu)
     except (RuntimeError, ValueError, OSError, KeyError, EOFError) as e:
         raise CheckpointError(f"could not load CLIP checkpoint {path} for {name}: {e}") from e
     except Exception as e:  # safetensors and zip readers raise their own types on corrupt files
         raise CheckpointError(f"could not load CLIP checkpoint {path} for {name}: {type(e).__name__}: {e}") from e
-    return _wrap(model, name, device)
+    return _wrap(model, name, device, resolved.tag_cfg)
 
 
 @contextmanager

@@ -134,3 +134,23 @@ def test_png_carries_settings_and_inputs_are_protected(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
     with pytest.raises(ImageError, match="PNG"):
         save_image(img, tmp_path / "out.jpg")
+
+
+def test_published_tag_resolves_from_local_hf_cache(monkeypatch, tmp_path):
+    """A checkpoint already in the Hugging Face cache is found offline, and the tag's settings travel with it."""
+    from guidance import clip as clip_mod
+
+    repo_dir = tmp_path / "models--timm--vit_base_patch32_clip_224.openai"
+    snap = repo_dir / "snapshots" / "abc123"
+    snap.mkdir(parents=True)
+    (repo_dir / "refs").mkdir()
+    (repo_dir / "refs" / "main").write_text("abc123")
+    (snap / "open_clip_pytorch_model.bin").write_bytes(b"stand-in")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    resolved = clip_mod.resolve_weights("ViT-B-32", "openai")
+    assert resolved.path == snap / "open_clip_pytorch_model.bin"
+    assert resolved.tag_cfg["quick_gelu"] is True
+    # the stand-in is no checkpoint: loading it must fail with the file named, not a hub traceback
+    with pytest.raises(CheckpointError, match="open_clip_pytorch_model.bin"):
+        load_clip("ViT-B-32", "openai", device="cpu")
