@@ -8,7 +8,9 @@
     enhance(Image.open("backlit.jpg"), strength=0.8).image
 
 A call holds no global state besides the shared, lazily loaded models (``guidance.clip.get_clip``): two calls in
-one process, or in two threads, give the same results they give alone. Progress goes to ``callback`` (a
+one process, or in two threads, give the same results they give alone. (Runs take turns on one lock: the cutout
+augmentations seed torch's global RNG for kornia, and PODA seeds it too, so two interleaved runs would otherwise
+draw each other's random numbers.) Progress goes to ``callback`` (a
 ``StepInfo`` per step with per-loss values and now and then a preview tensor); a ``CancelToken`` stops a run after
 the current step and the partial result comes back with ``record["cancelled"] = True``.
 
@@ -58,6 +60,7 @@ def test_models_enabled() -> bool:
 
 _TINY: ClipModel | None = None
 _TINY_LOCK = threading.Lock()
+_RUN_LOCK = threading.Lock()  # one run at a time per process: methods seed torch's global RNG (see module doc)
 
 
 def tiny_model() -> ClipModel:
@@ -205,7 +208,9 @@ def run(
         raise ParameterError(f"method '{m.name}' needs {', '.join(f'{n}=<PIL image or tensor>' for n in missing)}")
     tensors = {k: (_as_mask(v) if k == "mask" else _as_input_tensor(v, k)) for k, v in images.items()
                if v is not None}
-    raw = m.runner(s, clip=_clip_for(m, clip), callback=callback, cancel=cancel, progress=progress, **tensors)
+    model = _clip_for(m, clip)
+    with _RUN_LOCK:
+        raw = m.runner(s, clip=model, callback=callback, cancel=cancel, progress=progress, **tensors)
     record = raw.record()
     if raw.extras:
         record["extras"] = {k: v for k, v in raw.extras.items() if _is_json(v)}
