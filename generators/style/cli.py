@@ -135,10 +135,10 @@ def cmd_clipstyler(args: argparse.Namespace) -> str:
 
 def cmd_stylize(args: argparse.Namespace) -> str:
     s = _settings(StylizeSettings, args, "stylize")
-    net, meta = get_stylizer(s.checkpoint)
+    _, meta = get_stylizer(s.checkpoint)  # cached: stylize() reuses it
     clip = get_clip(args.model or meta.get("model") or DEFAULT_MODEL, args.pretrained or meta.get("pretrained"))
     job = {"method": "stylize", **asdict(s), "trained_steps": meta.get("step")}
-    report = run_batch(args.input, args.output, job, lambda img, _: stylize(img, s, clip=clip, network=net),
+    report = run_batch(args.input, args.output, job, lambda img, _: stylize(img, s, clip=clip),
                        args.overwrite, not args.quiet)
     return report.summary()
 

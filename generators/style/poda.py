@@ -62,7 +62,7 @@ class PinResult:
 def pin_statistics(
     clip: ClipModel,
     images: torch.Tensor,
-    prompt: str,
+    prompt: str | torch.Tensor,
     steps: int = 100,
     lr: float = 1.0,
     momentum: float = 0.9,
@@ -72,10 +72,13 @@ def pin_statistics(
     cancel: CancelToken | None = None,
     progress: bool = False,
 ) -> PinResult:
-    """Optimise PIN statistics of each image's low-level CLIP features toward `prompt` (PODA's Algorithm 1)."""
+    """Optimise PIN statistics of each image's low-level CLIP features toward `prompt` (PODA's Algorithm 1).
+
+    `prompt` may also be a target embedding (D,) — e.g. of a reference image — for image-driven PIN.
+    """
     check_steps(steps)
     split = ClipSplit(clip)
-    target = encode_prompt(clip, prompt, TEMPLATE_SETS[templates]).to(clip.device)
+    target = target_embedding(clip, prompt, templates)
     with torch.no_grad():
         feats = split.low(images).detach()
     mean0, std0 = channel_stats(feats)
@@ -103,10 +106,19 @@ def pin_statistics(
     return PinResult(mu.detach(), sigma.detach(), mean0, std0, history, split.layer, split.post_relu, cancelled)
 
 
-def pin_loss(clip: ClipModel, features: torch.Tensor, prompt: str, templates: str = "imagenet") -> torch.Tensor:
+def target_embedding(clip: ClipModel, prompt: str | torch.Tensor, templates: str = "imagenet") -> torch.Tensor:
+    """Unit target (D,): the prompt's template-ensembled text embedding, or a given embedding normalised."""
+    if isinstance(prompt, torch.Tensor):
+        return torch.nn.functional.normalize(prompt.detach().float().reshape(-1), dim=0).to(clip.device)
+    return encode_prompt(clip, prompt, TEMPLATE_SETS[templates]).to(clip.device)
+
+
+def pin_loss(
+    clip: ClipModel, features: torch.Tensor, prompt: str | torch.Tensor, templates: str = "imagenet"
+) -> torch.Tensor:
     """PODA's objective for given low-level features: mean 1 - cos(rest(features), prompt)."""
     split = ClipSplit(clip)
-    target = encode_prompt(clip, prompt, TEMPLATE_SETS[templates]).to(clip.device)
+    target = target_embedding(clip, prompt, templates)
     emb = split.rest(features)
     return (1 - torch.cosine_similarity(emb, target.expand_as(emb), dim=-1)).mean()
 
