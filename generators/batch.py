@@ -148,9 +148,10 @@ def run_batch(
     overwrite: bool = False,
     clip: Any = None,
     progress: bool = True,
-    out: TextIO = sys.stderr,
+    out: TextIO | None = None,
 ) -> int:
     """Run ``preset`` over ``inputs`` into ``output``; returns the exit status (0 ok, 1 some files failed)."""
+    out = out or sys.stderr  # looked up per call: tests and wrappers swap sys.stderr
     p = load_preset(preset)
     method, settings = api.build_settings(p.method, p, **(overrides or {}))
     output = Path(output)

@@ -1,0 +1,112 @@
+"""Batch CLI: same output as the API for the same preset, resume, dry run, failures reported, inputs protected."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from app import main
+from generators import api
+from guidance.images import read_settings
+
+FAST = ["--set", "steps=2", "--set", "size=32", "--set", "cutouts=2"]
+
+
+def batch(*args: str) -> int:
+    return main(["batch", "--tiny", "--no-progress", *args])
+
+
+def logs(out: Path) -> list[list[dict]]:
+    return [[json.loads(line) for line in p.read_text().splitlines()] for p in sorted(out.glob("batch-*.jsonl"))]
+
+
+@pytest.fixture
+def prompts(tmp_path) -> Path:
+    d = tmp_path / "in"
+    d.mkdir()
+    (d / "red.txt").write_text("a red circle\n")
+    (d / "blue.txt").write_text("a blue square\n")
+    (d / "empty.txt").write_text("   \n")  # fails: empty prompt
+    (d / "notes.md").write_text("not an input")
+    return d
+
+
+def test_batch_runs_resumes_and_reports_failures(prompts, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert batch("--preset", "generate-preview", "--input", str(prompts), "--output", str(out), *FAST) == 1
+    err = capsys.readouterr().err
+    assert "2 done, 0 skipped (already done), 1 failed" in err and "FAILED" in err and "empty.txt" in err
+    assert sorted(p.name for p in out.glob("*.png")) == ["blue.png", "red.png"]
+    s = read_settings(out / "red.png")["settings"]
+    assert s["prompt"] == "a red circle" and s["steps"] == 2 and s["clip"] == "tiny-clip"
+    # the same preset through the API gives the same pixels
+    ref = api.run(preset="generate-preview", clip="tiny", prompt="a red circle", steps=2, size=32, cutouts=2)
+    assert Image.open(out / "red.png").tobytes() == ref.image.tobytes()
+
+    (prompts / "empty.txt").write_text("a green star")
+    mtime = (out / "red.png").stat().st_mtime_ns
+    assert batch("--preset", "generate-preview", "--input", str(prompts / "*.txt"), "--output", str(out),
+                 *FAST) == 0
+    assert "1 done, 2 skipped (already done), 0 failed" in capsys.readouterr().err
+    assert (out / "red.png").stat().st_mtime_ns == mtime  # resumed, not redone
+    first, second = logs(out)
+    assert [r["event"] for r in first] == ["start", "file", "file", "file", "summary"]
+    assert first[0]["settings"]["steps"] == 2 and first[-1]["failed"] == 1
+    by_input = {Path(r["input"]).name: r for r in first if r["event"] == "file"}
+    assert by_input["red.txt"]["status"] == "done" and by_input["red.txt"]["timings"]["optimise_s"] > 0
+    assert "empty prompt" in by_input["empty.txt"]["error"]
+    assert {r["status"] for r in second if r["event"] == "file"} == {"done", "skipped"}
+
+
+def test_changed_settings_are_not_mistaken_for_done_and_dry_run_writes_nothing(prompts, tmp_path, capsys):
+    out = tmp_path / "out"
+    (prompts / "empty.txt").unlink()
+    assert batch("--preset", "generate-preview", "--input", str(prompts / "red.txt"), "--output", str(out),
+                 *FAST) == 0
+    capsys.readouterr()
+    before = sorted(out.iterdir())
+    assert batch("--preset", "generate-preview", "--input", str(prompts), "--output", str(out), *FAST,
+                 "--set", "seed=1", "--dry-run") == 0
+    text = capsys.readouterr().err
+    assert "FAIL" in text and "red.txt" in text and "run  " in text and "blue.txt" in text
+    assert sorted(out.iterdir()) == before
+    assert batch("--preset", "generate-preview", "--input", str(prompts), "--output", str(out), *FAST,
+                 "--set", "seed=1") == 1
+    assert "exists with other settings" in capsys.readouterr().err
+    assert read_settings(out / "red.png")["settings"]["seed"] == 0  # not overwritten without --overwrite
+
+
+def test_inputs_are_never_written_over(tmp_path, capsys):
+    d = tmp_path / "photos"
+    d.mkdir()
+    Image.new("RGB", (16, 16), (90, 90, 90)).save(d / "a.png")
+    assert batch("--preset", "enhance-gentle", "--input", str(d), "--output", str(d)) == 2
+    assert "holds inputs" in capsys.readouterr().err
+    (tmp_path / "b").mkdir()
+    Image.new("RGB", (16, 16)).save(tmp_path / "b" / "a.jpg")
+    assert batch("--preset", "enhance-gentle", "--input", str(d), "--input", str(tmp_path / "b"),
+                 "--output", str(tmp_path / "out")) == 2
+    assert "would both write" in capsys.readouterr().err
+    assert batch("--preset", "enhance-gentle", "--input", str(tmp_path / "nothing-*.png"),
+                 "--output", str(tmp_path / "out")) == 2
+    assert "glob matches nothing" in capsys.readouterr().err
+
+
+def test_image_batch_with_a_broken_file(tmp_path, capsys):
+    from generators.registry import get_method
+
+    if get_method("enhance").missing():
+        pytest.skip("published CLIP-LIT weights are not on this machine")
+    d = tmp_path / "photos"
+    d.mkdir()
+    Image.new("RGB", (24, 16), (40, 30, 20)).save(d / "dark.png")
+    (d / "broken.jpg").write_bytes(b"not a jpeg")
+    out = tmp_path / "out"
+    assert batch("--preset", "enhance-gentle", "--input", str(d), "--output", str(out)) == 1
+    err = capsys.readouterr().err
+    assert "1 done" in err and "broken.jpg" in err and "cannot read" in err
+    assert read_settings(out / "dark.png")["settings"] == {"method": "enhance", "checkpoint": "clip-lit",
+                                                          "strength": 0.6, "tile": 0}
