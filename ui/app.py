@@ -170,13 +170,16 @@ class ClipKitApp:
             self._tokens[self._session(request)] = token
         return "Queued…"
 
-    def cancel(self, request: gr.Request | None = None) -> str:
+    def cancel(self, request: gr.Request | None = None) -> bool:
+        """Stop this session's run after its current step; the run's own status then says "Cancelled".
+
+        (Gradio's ``cancels=`` is not used: it would kill the event and lose the partial result.)"""
         with self._lock:
             token = self._tokens.get(self._session(request))
         if token is None:
-            return "Nothing to cancel."
+            return False
         token.cancel()
-        return "Cancelling after the current step…"
+        return True
 
     @staticmethod
     def _session(request: gr.Request | None) -> str:
@@ -431,7 +434,10 @@ class ClipKitApp:
         run_btn.click(self.arm, None, status, queue=False).then(
             on_run, run_inputs, [preview, status, gallery, record_json, download, history],
             concurrency_limit=self.concurrency, concurrency_id="clipkit-runs")
-        cancel_btn.click(self.cancel, None, status, queue=False)
+        def on_cancel(request: gr.Request) -> None:
+            self.cancel(request)
+
+        cancel_btn.click(on_cancel, None, None, queue=False)
         gallery.select(on_select, history, [record_json, download], queue=False)
 
     @staticmethod

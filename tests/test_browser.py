@@ -1,0 +1,153 @@
+"""Drive the running app in headless Chromium: load a preset, run a short job on the tiny CLIP, see the result,
+download it with its settings, cancel a long run, save a preset. Screenshots go to the test's output folder
+(and outputs/browser-test/) for inspection.
+
+Needs Debian's chromium (/usr/bin/chromium) and the playwright package; skipped without them unless
+CLIPKIT_REQUIRE_BROWSER=1 (set by .ci/run), where their absence is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = os.environ.get("CLIPKIT_CHROMIUM", "/usr/bin/chromium")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+START_TIMEOUT_S = 120
+STEP_TIMEOUT_MS = 90_000
+
+
+def _require() -> None:
+    missing = []
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        missing.append("the playwright package")
+    if not Path(CHROMIUM).is_file():
+        missing.append(f"chromium at {CHROMIUM} (apt-get install chromium)")
+    if missing:
+        msg = "browser test needs " + " and ".join(missing)
+        if os.environ.get("CLIPKIT_REQUIRE_BROWSER") == "1":
+            pytest.fail(msg)
+        pytest.skip(msg)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(tmp_path):
+    """`app.py serve --tiny` in a subprocess, on a free port, with its own output and preset folders."""
+    _require()
+    port = _free_port()
+    env = {**os.environ, "CLIPKIT_USER_PRESETS": str(tmp_path / "presets"), "GRADIO_ANALYTICS_ENABLED": "False"}
+    log = open(tmp_path / "server.log", "w")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "serve", "--tiny", "--port", str(port),
+                             "--output-dir", str(tmp_path / "results")], cwd=ROOT, env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2).close()
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"app did not start: {(tmp_path / 'server.log').read_text()[-3000:]}")
+            time.sleep(0.5)
+    yield url, tmp_path
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+def _shot(page, tmp_path: Path, name: str) -> Path:
+    path = tmp_path / name
+    page.screenshot(path=str(path), full_page=True)
+    keep = ROOT / "outputs" / "browser-test"
+    keep.mkdir(parents=True, exist_ok=True)
+    shutil.copy(path, keep / name)
+    return path
+
+
+def test_app_in_headless_chromium(server):
+    from playwright.sync_api import expect, sync_playwright
+
+    from guidance.images import read_settings
+
+    url, tmp_path = server
+    with sync_playwright() as p:
+        ctx = p.chromium.launch_persistent_context(tempfile.mkdtemp(dir=tmp_path), executable_path=CHROMIUM,
+                                                   headless=True, args=ARGS, accept_downloads=True,
+                                                   viewport={"width": 1300, "height": 1000})
+        ctx.set_default_timeout(STEP_TIMEOUT_MS)
+        page = ctx.new_page()
+        try:
+            page.goto(url)
+            expect(page.locator("#test-mode-banner")).to_be_visible()
+
+            # load a preset: the controls take its values
+            page.locator("#generate-preset input").click()
+            page.get_by_role("option", name="generate-preview").click()
+            expect(page.locator("#generate-preset-info")).to_contain_text("generate-preview")
+            expect(page.locator("#generate-prompt textarea")).to_have_value("a yellow star on a dark blue background")
+            steps = page.locator("#generate-steps input[type=number]")
+            expect(steps).to_have_value("8")
+
+            # a short job: live status, then a result in the gallery
+            steps.fill("3")
+            steps.press("Enter")
+            page.locator("#generate-run").click()
+            expect(page.locator("#generate-gallery img").first).to_be_visible()
+            expect(page.locator("#generate-status")).to_contain_text("Done.")
+            expect(page.locator("#generate-record")).to_contain_text("a yellow star")
+            _shot(page, tmp_path, "app-generate.png")
+
+            # download: the PNG carries the settings that made it
+            with page.expect_download() as dl:
+                page.locator("#generate-download").click()
+            saved = tmp_path / "download.png"
+            dl.value.save_as(saved)
+            s = read_settings(saved)["settings"]
+            assert (s["method"], s["steps"], s["prompt"]) == ("generate", 3, "a yellow star on a dark blue background")
+
+            # cancel a long run: the partial result is kept and says so
+            steps.fill("400")
+            steps.press("Enter")
+            page.locator("#generate-run").click()
+            expect(page.locator("#generate-status")).to_contain_text("Step")
+            page.locator("#generate-cancel").click()
+            expect(page.locator("#generate-status")).to_contain_text("Cancelled — partial result kept.")
+            expect(page.locator("#generate-gallery")).to_contain_text("cancelled")
+            expect(page.locator("#generate-record")).to_contain_text('"cancelled": true')
+
+            # save the controls as a preset
+            page.get_by_text("Save as preset").click()
+            page.locator("#generate-save-name textarea, #generate-save-name input").first.fill("browser-look")
+            page.locator("#generate-save").click()
+            expect(page.locator("#generate-preset-info")).to_contain_text("Saved preset")
+            assert (tmp_path / "presets" / "browser-look.json").is_file()
+        except Exception:
+            _shot(page, tmp_path, "app-failure.png")
+            print((tmp_path / "server.log").read_text()[-3000:])
+            raise
+        finally:
+            ctx.close()
