@@ -218,3 +218,17 @@ def test_poda_preview_runs_and_records(clip):
     assert res.settings["layer"] == "patch_embed"
     assert res.settings["pin_loss_end"] < res.settings["pin_loss_start"]
     assert not torch.equal(res.images, F.interpolate(x, size=(51, 64)))
+
+
+def test_split_is_exact_for_resnet_and_vit_towers(clip):
+    from guidance.clip import RANDOM, load_clip
+
+    x = photo(18, 64, 80)
+    for model in (clip, load_clip("world-guide", RANDOM, "cpu")):  # ViT (tiny) and ModifiedResNet (world)
+        split = ClipSplit(model)
+        with torch.no_grad():
+            assert torch.allclose(split.rest(split.low(x)), model.encode_image(x), atol=1e-5)
+        assert split.layer == ("layer1" if split.kind == "resnet" else "patch_embed")
+        assert split.post_relu == (split.kind == "resnet")
+        feats = ClipEarlyFeatures(model)(x)
+        assert len(feats) == 2 and feats[0].shape[0] == 1

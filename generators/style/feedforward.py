@@ -35,6 +35,7 @@ from guidance.prompts import encode_prompt, parse_prompts
 from guidance.runs import CancelToken, RunResult, StepCallback, check_steps, run_steps
 
 NETWORK_KIND = "text-stylizer"
+ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_PROMPTS = (
     "oil painting of flowers", "a watercolor painting", "pop art", "a pencil sketch", "fire",
     "starry night by Vincent van Gogh", "the scream by Edvard Munch", "a mosaic of colored glass",
@@ -281,8 +282,10 @@ _NETWORKS: dict[tuple[str, float], tuple[TextStylizer, dict[str, Any]]] = {}
 
 
 def get_stylizer(path: str | os.PathLike) -> tuple[TextStylizer, dict[str, Any]]:
-    """Load a stylizer once per process (reloaded when the file changes)."""
+    """Load a stylizer once per process (reloaded when the file changes); relative paths also try the project root."""
     path = Path(path)
+    if not path.is_file() and not path.is_absolute() and (ROOT / path).is_file():
+        path = ROOT / path
     if not path.is_file():
         raise CheckpointError(f"stylizer checkpoint not found: {path}. Train one with "
                               "`python -m generators.style.cli train-stylizer --content DIR --out PATH`")
