@@ -135,7 +135,8 @@ def caption_for(record: dict[str, Any]) -> str:
     bits = [s["method"]]
     if "seed" in s:
         bits.append(f"seed {s['seed']}")
-    bits.append(f"{record['steps_done']} steps")
+    n = record["steps_done"]
+    bits.append(f"{n} step{'' if n == 1 else 's'}")
     if "loss" in record.get("final", {}):
         bits.append(f"loss {record['final']['loss']:.3f}")
     if record.get("cancelled"):
