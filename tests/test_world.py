@@ -1,0 +1,153 @@
+"""Fast CPU tests of the procedural world and the world CLIP models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import open_clip
+import pytest
+import torch
+
+from world.data import HardNegativeBatchSampler, WorldDataset, seeded
+from world.scene import (
+    BACKGROUNDS,
+    COLOURS,
+    HELDOUT,
+    LIGHTINGS,
+    POSITIONS,
+    SHAPES,
+    SIZES,
+    ObjectSpec,
+    SceneSpec,
+    caption,
+    describe,
+    is_heldout,
+    render,
+    render_batch,
+    sample_scene,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ROOT / "world" / "models"
+
+
+def test_vocabularies_cover_the_issue() -> None:
+    assert {"circle", "square", "triangle", "star", "cross", "heart"} <= set(SHAPES)
+    assert len(COLOURS) >= 10
+    assert set(SIZES) == {"small", "large"}
+    assert set(POSITIONS) == {"left", "right", "top", "bottom", "centre"}
+    assert set(BACKGROUNDS) == {"plain", "gradient", "stripes", "dots", "checker"}
+    assert set(LIGHTINGS) == {"bright", "dark", "backlit"}
+    assert all((s in SHAPES and c in COLOURS) for s, c in HELDOUT)
+
+
+def test_render_is_deterministic_per_seed() -> None:
+    a = [sample_scene(torch.Generator().manual_seed(7)) for _ in range(3)]
+    b = [sample_scene(torch.Generator().manual_seed(7)) for _ in range(3)]
+    assert a == b
+    img = render_batch(a, 64)
+    assert img.shape == (3, 3, 64, 64) and img.dtype == torch.float32
+    assert 0 <= img.min() and img.max() <= 1
+    assert torch.equal(img, render_batch(b, 64))
+    assert torch.allclose(render(a[0], 64), img[0])
+    other = sample_scene(torch.Generator().manual_seed(8))
+    assert other != a[0]
+
+
+def test_red_circle_is_red_where_the_circle_is() -> None:
+    scene = SceneSpec(objects=(ObjectSpec("circle", "red", "large", "centre"),),
+                      background="plain", bg_colour="blue", lighting="bright")
+    img = render(scene, 64)
+    centre, corner = img[:, 32, 32], img[:, 2, 2]
+    assert torch.allclose(centre, torch.tensor(COLOURS["red"]), atol=0.02)
+    assert torch.allclose(corner, torch.tensor(COLOURS["blue"]), atol=0.02)
+    dark = render(SceneSpec(scene.objects, "plain", "blue", "dark"), 64)
+    backlit = render(SceneSpec(scene.objects, "plain", "blue", "backlit"), 64)
+    assert dark.mean() < 0.6 * img.mean()
+    # backlit: background brighter than in bright light, object under-exposed
+    assert backlit[:, 2, 2].mean() > img[:, 2, 2].mean() and backlit[:, 32, 32].sum() < 0.5 * centre.sum()
+
+
+def test_heldout_combinations_never_in_train_split() -> None:
+    g = torch.Generator().manual_seed(0)
+    train = [sample_scene(g, "train") for _ in range(2000)]
+    assert not any(is_heldout(s) for s in train)
+    assert not any((o.shape, o.colour) in HELDOUT for s in train for o in s.objects)
+    held = [sample_scene(g, "heldout") for _ in range(200)]
+    assert all(is_heldout(s) for s in held)
+    ds = WorldDataset(None, seed=3, normalized=False)
+    assert not any(is_heldout(ds.scene_and_caption(i)[0]) for i in range(400))
+
+
+def test_captions_name_the_attributes() -> None:
+    g = torch.Generator().manual_seed(1)
+    scene = SceneSpec(objects=(ObjectSpec("star", "green", "small", "left"),),
+                      background="stripes", bg_colour="blue", lighting="dark")
+    full = describe(scene)
+    for word in ("star", "green", "small", "left", "striped", "blue", "dark"):
+        assert word in full
+    texts = [caption(scene, g) for _ in range(300)]
+    assert len(set(texts)) > 50
+    for word in ("star", "green", "small", "left", "striped", "dark", "dim"):
+        assert any(word in t for t in texts)
+    forced = caption(scene, g, must_mention={"shape", "colour", "lighting"})
+    assert "star" in forced and "green" in forced
+    pair = SceneSpec(objects=(ObjectSpec("circle", "red", "small", "left"),
+                              ObjectSpec("square", "blue", "small", "right")),
+                     background="plain", bg_colour="white", lighting="bright")
+    assert "a small red circle left of a small blue square" in describe(pair)
+
+
+def test_dataset_groups_and_sampler() -> None:
+    tok = open_clip.get_tokenizer("RN50", context_length=32)
+    ds = WorldDataset(tok, seed=0, group_size=4, length=64)
+    sampler = HardNegativeBatchSampler(ds, 16)
+    batches = list(sampler)
+    assert len(batches) == 4 and batches[0] == list(range(16))
+    loader = torch.utils.data.DataLoader(ds, batch_sampler=sampler)
+    images, tokens = next(iter(loader))
+    assert images.shape == (16, 3, 64, 64) and tokens.shape == (16, 32)
+    again = ds.__getitems__(list(range(16)))
+    assert torch.equal(images, torch.stack([x for x, _ in again]))
+    # items of a group differ from the group's first scene in one attribute
+    scenes = [ds.scene_and_caption(i)[0] for i in range(4)]
+    assert len(set(scenes)) == 4
+    assert list(HardNegativeBatchSampler(ds, 16, start=3)) == batches[3:]
+    assert seeded(1, "a").initial_seed() == seeded(1, "a").initial_seed()
+
+
+@pytest.fixture(scope="module")
+def world_registry() -> None:
+    from world.train_clip import register_configs
+    register_configs()
+
+
+@pytest.mark.parametrize("name", ["world-guide", "world-judge"])
+def test_config_loads_by_name(world_registry, name: str) -> None:
+    assert name in open_clip.list_models()
+    tokenizer = open_clip.get_tokenizer(name)
+    tokens = tokenizer(["a small red circle on a striped blue background"])
+    ref = open_clip.get_tokenizer("RN50", context_length=tokens.shape[1])
+    assert torch.equal(tokens, ref(["a small red circle on a striped blue background"]))
+    weights = MODELS / f"{name}.safetensors"
+    if not weights.exists():
+        model = open_clip.create_model(name)
+        n = sum(p.numel() for p in model.parameters())
+        assert 2 * n <= 20e6, "fp16 weights would exceed 20 MB"
+        return
+    assert weights.stat().st_size <= 20e6
+    model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=str(weights))
+    assert model.visual.image_size in (64, (64, 64))
+
+
+@pytest.mark.parametrize("name", ["world-guide", "world-judge"])
+def test_committed_model_knows_colour_and_shape(world_registry, name: str) -> None:
+    weights = MODELS / f"{name}.safetensors"
+    if not weights.exists():
+        pytest.skip(f"{weights.name} not trained yet")
+    from world.eval_clip import scenes_for, zero_shot
+    model, _, _ = open_clip.create_model_and_transforms(name, pretrained=str(weights))
+    model.eval()
+    tokenizer = open_clip.get_tokenizer(name)
+    res = zero_shot(model, tokenizer, scenes_for("heldout", 64, seed=99), ("colour", "shape"))
+    assert res["colour"] >= 0.9 and res["shape"] >= 0.9, res

@@ -1,0 +1,123 @@
+"""Datasets over the procedural world, with hard-negative groups.
+
+`WorldDataset` is an ordinary map-style dataset yielding (image, tokens), so
+open_clip's training code or a plain DataLoader can use it.  Index i belongs to
+group i // group_size: item 0 of a group is a random scene and the others each
+differ from it in one attribute (TripletCLIP-style hard negatives), with
+captions that name every attribute varied inside the group, so a batch built
+from whole groups (`HardNegativeBatchSampler`) forces the model to tell
+"a red star" from "a red cross" instead of memorising conjunctions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator
+
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from world.scene import SceneSpec, caption, is_heldout, render_batch, sample_scene, vary
+
+MEAN = (0.48145466, 0.4578275, 0.40821073)  # open_clip's OPENAI_DATASET_MEAN / STD,
+STD = (0.26862954, 0.26130258, 0.27577711)  # the default preprocess of our configs
+
+# How often each attribute is the one a hard negative changes.
+_VARY_WEIGHTS = {"shape": 3.0, "colour": 2.0, "size": 1.0, "position": 1.0,
+                 "background": 1.0, "bg_colour": 0.7, "lighting": 1.0, "binding": 2.0}
+
+
+def seeded(*parts: object) -> torch.Generator:
+    """A torch.Generator seeded from a stable hash of `parts` (not Python's hash)."""
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest, "little") & (2**63 - 1))
+
+
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    """Apply open_clip's default mean/std to [0,1] images (B,3,H,W)."""
+    mean = torch.tensor(MEAN, dtype=images.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(STD, dtype=images.dtype).view(1, 3, 1, 1)
+    return (images - mean) / std
+
+
+class WorldDataset(Dataset):
+    """Deterministic captioned scenes: item i is a function of (seed, split, i) only."""
+
+    def __init__(self, tokenizer: Callable | None = None, seed: int = 0, split: str = "train",
+                 length: int = 10_000_000, group_size: int = 4, size: int = 64,
+                 noise: float = 0.02, normalized: bool = True) -> None:
+        self.tokenizer, self.seed, self.split = tokenizer, seed, split
+        self.length, self.group_size, self.size = length, group_size, size
+        self.noise, self.normalized = noise, normalized
+
+    def __len__(self) -> int:
+        return self.length
+
+    def _group(self, group: int) -> tuple[list[SceneSpec], frozenset[str]]:
+        g = seeded(self.seed, self.split, group)
+        base = sample_scene(g, self.split)
+        scenes, varied = [base], set()
+        names = list(_VARY_WEIGHTS)
+        weights = torch.tensor([_VARY_WEIGHTS[n] for n in names])
+        while len(scenes) < self.group_size:
+            attr = names[int(torch.multinomial(weights, 1, generator=g))]
+            new = vary(base, attr, g)
+            if new is None or new in scenes or is_heldout(new) != (self.split == "heldout"):
+                continue
+            scenes.append(new)
+            varied.add(attr)
+        return scenes, frozenset(varied)
+
+    def scene_and_caption(self, index: int, _cache: dict | None = None) -> tuple[SceneSpec, str]:
+        """The scene and caption behind item `index` (for scripts and tests)."""
+        group, k = divmod(index, self.group_size)
+        if _cache is None or group not in _cache:
+            found = self._group(group)
+            if _cache is not None:
+                _cache[group] = found
+        scenes, varied = _cache[group] if _cache is not None else found
+        text = caption(scenes[k], seeded(self.seed, self.split, group, k, "caption"), varied)
+        return scenes[k], text
+
+    def _images(self, scenes: list[SceneSpec], indices: list[int]) -> torch.Tensor:
+        images = render_batch(scenes, self.size)
+        if self.noise > 0:
+            g = seeded(self.seed, self.split, indices[0], len(indices), "noise")
+            images = (images + self.noise * torch.randn(images.shape, generator=g)).clamp(0, 1)
+        return normalize(images) if self.normalized else images
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, torch.Tensor | str]]:
+        """Batched fetch (DataLoader uses it): renders the whole batch at once."""
+        cache: dict = {}
+        pairs = [self.scene_and_caption(i, cache) for i in indices]
+        images = self._images([s for s, _ in pairs], indices)
+        texts = [t for _, t in pairs]
+        tokens = self.tokenizer(texts) if self.tokenizer is not None else texts
+        return [(images[j], tokens[j]) for j in range(len(indices))]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor | str]:
+        return self.__getitems__([index])[0]
+
+
+class HardNegativeBatchSampler(Sampler[list[int]]):
+    """Batches made of whole hard-negative groups of a `WorldDataset`.
+
+    Groups are already random scenes, so order only needs to be reproducible;
+    `start` skips batches already seen, which is how training resumes.
+    """
+
+    def __init__(self, dataset: WorldDataset, batch_size: int, start: int = 0) -> None:
+        if batch_size % dataset.group_size:
+            raise ValueError("batch_size must be a multiple of the dataset's group_size")
+        self.group_size = dataset.group_size
+        self.groups_per_batch = batch_size // dataset.group_size
+        self.n_batches = len(dataset) // batch_size
+        self.start = start
+
+    def __len__(self) -> int:
+        return self.n_batches - self.start
+
+    def __iter__(self) -> Iterator[list[int]]:
+        size = self.groups_per_batch * self.group_size
+        for b in range(self.start, self.n_batches):
+            yield list(range(b * size, (b + 1) * size))

@@ -1,0 +1,188 @@
+"""Measure a world CLIP on held-out attribute combinations.
+
+    python -m world.eval_clip --model world-guide [--n 1000] [--write-card]
+
+Zero-shot ("full" prompts): for each held-out single-object scene and each
+attribute, the canonical caption is written once per value of that attribute
+with every other word true ("a bright photo of a small red STAR on the left on
+a striped blue background") and the model must pick the true value; on a
+held-out (shape, colour) pair this tests attributes, not memorised pairs.
+"short" prompts name only the attribute ("a photo of a star").  Retrieval:
+image->text top-5 among the distinct canonical captions of held-out scenes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from world.data import normalize, seeded
+from world.scene import (
+    ATTRIBUTES,
+    BACKGROUNDS,
+    COLOURS,
+    LIGHTINGS,
+    POSITIONS,
+    SHAPES,
+    SIZES,
+    SceneSpec,
+    describe,
+    render_batch,
+    sample_scene,
+)
+
+VALUES = {"colour": list(COLOURS), "shape": list(SHAPES), "size": list(SIZES),
+          "position": list(POSITIONS), "background": list(BACKGROUNDS), "lighting": list(LIGHTINGS)}
+TARGETS = {"colour": 0.95, "shape": 0.90, "size": 0.85, "position": 0.85, "background": 0.85,
+           "lighting": 0.85, "retrieval_top5": 0.80}
+_SHORT = {
+    "colour": "a photo of a {} shape", "shape": "a photo of a {}", "size": "a photo of a {} shape",
+    "position": "a photo of a shape {}", "background": "a photo of a shape on a {} background",
+    "lighting": "a {} photo of a shape",
+}
+_SHORT_WORD = {"position": {"left": "on the left", "right": "on the right", "top": "at the top",
+                            "bottom": "at the bottom", "centre": "in the centre"},
+               "background": {"plain": "plain", "gradient": "gradient", "stripes": "striped",
+                              "dots": "dotted", "checker": "checkered"}}
+
+
+def with_value(scene: SceneSpec, attribute: str, value: str) -> SceneSpec:
+    """`scene` with one attribute set (object attributes act on the first object)."""
+    if attribute in ("colour", "shape", "size", "position"):
+        obj = replace(scene.objects[0], **{attribute: value})
+        return replace(scene, objects=(obj,) + scene.objects[1:])
+    return replace(scene, **{attribute: value})
+
+
+def scenes_for(split: str, n: int, seed: int = 1234, n_objects: int | None = 1) -> list[SceneSpec]:
+    """A fixed evaluation set (its own seed stream, disjoint from training seeds)."""
+    g = seeded("eval", seed, split, n_objects)
+    return [sample_scene(g, split, n_objects) for _ in range(n)]
+
+
+@torch.no_grad()
+def _encode_text(model, tokenizer, texts: list[str], batch: int = 1024) -> torch.Tensor:
+    feats = [model.encode_text(tokenizer(texts[i:i + batch])) for i in range(0, len(texts), batch)]
+    return torch.nn.functional.normalize(torch.cat(feats).float(), dim=-1)
+
+
+@torch.no_grad()
+def _encode_images(model, scenes: list[SceneSpec], size: int, batch: int = 256) -> torch.Tensor:
+    feats = [model.encode_image(normalize(render_batch(scenes[i:i + batch], size)))
+             for i in range(0, len(scenes), batch)]
+    return torch.nn.functional.normalize(torch.cat(feats).float(), dim=-1)
+
+
+def _image_size(model) -> int:
+    size = getattr(model.visual, "image_size", 64)
+    return size[0] if isinstance(size, (tuple, list)) else int(size)
+
+
+@torch.no_grad()
+def zero_shot(model, tokenizer, scenes: list[SceneSpec],
+              attributes: tuple[str, ...] = ATTRIBUTES) -> dict[str, float]:
+    """Per-attribute accuracy with full prompts (other attributes true) and short prompts."""
+    img = _encode_images(model, scenes, _image_size(model))
+    res = {}
+    for attr in attributes:
+        values = VALUES[attr]
+        truth = torch.tensor([values.index(_value(s, attr)) for s in scenes])
+        prompts = [describe(with_value(s, attr, v)) for s in scenes for v in values]
+        txt = _encode_text(model, tokenizer, prompts).view(len(scenes), len(values), -1)
+        pred = torch.einsum("nd,nvd->nv", img, txt).argmax(-1)
+        res[attr] = (pred == truth).float().mean().item()
+        short = [_SHORT[attr].format(_SHORT_WORD.get(attr, {}).get(v, v)) for v in values]
+        pred = (img @ _encode_text(model, tokenizer, short).T).argmax(-1)
+        res[f"{attr}_short"] = (pred == truth).float().mean().item()
+    return res
+
+
+def _value(scene: SceneSpec, attr: str) -> str:
+    if attr in ("colour", "shape", "size", "position"):
+        return getattr(scene.objects[0], attr)
+    return getattr(scene, attr)
+
+
+@torch.no_grad()
+def retrieval(model, tokenizer, scenes: list[SceneSpec]) -> dict[str, float]:
+    """Image->text top-1/top-5 among the distinct canonical captions of `scenes`."""
+    captions = [describe(s) for s in scenes]
+    unique = sorted(set(captions))
+    truth = torch.tensor([unique.index(c) for c in captions])
+    sims = _encode_images(model, scenes, _image_size(model)) @ _encode_text(model, tokenizer, unique).T
+    top = sims.topk(5, dim=-1).indices
+    return {"retrieval_top1": (top[:, 0] == truth).float().mean().item(),
+            "retrieval_top5": (top == truth[:, None]).any(-1).float().mean().item(),
+            "retrieval_gallery": float(len(unique))}
+
+
+def evaluate(model, tokenizer, n_scenes: int = 1000, n_retrieval: int = 1000,
+             split: str = "heldout") -> dict[str, float]:
+    """Zero-shot and retrieval metrics on a fixed evaluation set of `split`."""
+    was_training = model.training
+    model.eval()
+    res = zero_shot(model, tokenizer, scenes_for(split, n_scenes))
+    res.update(retrieval(model, tokenizer, scenes_for(split, n_retrieval, n_objects=None)))
+    model.train(was_training)
+    return res
+
+
+def table(rows: dict[str, dict[str, float]]) -> str:
+    """Markdown table: one row per metric, one column per evaluated split."""
+    cols = list(rows)
+    lines = ["| metric | target | " + " | ".join(cols) + " |",
+             "|---|---|" + "---|" * len(cols)]
+    metrics = [*ATTRIBUTES, "retrieval_top5", "retrieval_top1", *(f"{a}_short" for a in ATTRIBUTES)]
+    for m in metrics:
+        target = f"≥ {TARGETS[m]:.0%}" if m in TARGETS else ""
+        cells = []
+        for c in cols:
+            v = rows[c].get(m)
+            ok = "" if m not in TARGETS or c != "heldout" else (" ✓" if v >= TARGETS[m] else " ✗")
+            cells.append(f"{100 * v:.1f} %{ok}" if v is not None else "")
+        lines.append(f"| {m} | {target} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from world.train_clip import MODELS_DIR, create
+
+    p = argparse.ArgumentParser(description="Zero-shot and retrieval accuracy of a world CLIP")
+    p.add_argument("--model", default="world-guide")
+    p.add_argument("--pretrained", default=None, help="weights (default world/models/<model>.safetensors)")
+    p.add_argument("--n", type=int, default=1000, help="scenes per evaluation set")
+    p.add_argument("--splits", default="heldout,train")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--write-card", action="store_true", help="put the table into world/models/<model>.md")
+    p.add_argument("--json", type=Path, default=None)
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    weights = a.pretrained or str(MODELS_DIR / f"{a.model}.safetensors")
+    model, _, tokenizer = create(a.model, pretrained=weights)
+    t = time.time()
+    rows = {s: evaluate(model, tokenizer, a.n, a.n, split=s) for s in a.splits.split(",")}
+    text = table(rows)
+    print(text)
+    print(f"({a.n} scenes per set, {time.time() - t:.0f} s)")
+    if a.json:
+        a.json.write_text(json.dumps(rows, indent=1))
+    if a.write_card:
+        card = MODELS_DIR / f"{a.model}.md"
+        body = card.read_text() if card.exists() else f"# {a.model}\n"
+        start, end = "<!-- eval:start -->", "<!-- eval:end -->"
+        block = f"{start}\n{text}\n\n({a.n} scenes per set; `python -m world.eval_clip --model {a.model}`)\n{end}"
+        if start in body and end in body:
+            body = body[:body.index(start)] + block + body[body.index(end) + len(end):]
+        else:
+            body = body.rstrip() + "\n\n## Accuracy\n\n" + block + "\n"
+        card.write_text(body)
+        print(f"wrote {card}")
+
+
+if __name__ == "__main__":
+    main()

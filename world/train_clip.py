@@ -1,0 +1,173 @@
+"""Train a world CLIP with open_clip's model factory and its ClipLoss.
+
+    python -m world.train_clip --model world-guide --steps 6000 --seed 0 --out runs/world-guide
+    python -m world.train_clip ... --resume          # continue from <out>/last.*
+
+Data are rendered on the fly (item i is a function of seed and i), so resuming
+only needs the weights, the optimiser state and the step.  Checkpoints: model
+tensors as safetensors, optimiser state via torch.save (reloads with
+weights_only=True).  The final weights go to world/models/<model>.safetensors
+in fp16 with exactly `model.state_dict()` keys.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import open_clip
+import torch
+from open_clip.loss import ClipLoss
+from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from world.data import HardNegativeBatchSampler, WorldDataset
+
+WORLD_DIR = Path(__file__).resolve().parent
+CONFIG_DIR = WORLD_DIR / "model_configs"
+MODELS_DIR = WORLD_DIR / "models"
+
+
+def register_configs() -> None:
+    """Make the world configs loadable by name through open_clip (idempotent)."""
+    if "world-guide" not in open_clip.list_models():
+        open_clip.add_model_config(CONFIG_DIR)
+
+
+def create(name: str, pretrained: str | None = None) -> tuple[torch.nn.Module, object, object]:
+    """(model, preprocess, tokenizer) for a world model, loaded the open_clip way."""
+    register_configs()
+    model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained)
+    return model, preprocess, open_clip.get_tokenizer(name)
+
+
+def lr_at(step: int, total: int, base: float, warmup: int, progress: float = 0.0) -> float:
+    """Linear warmup then cosine decay to 5 % of the base rate.
+
+    `progress` (fraction of the time budget used) can push the decay ahead of
+    the step count, so a run on busy shared cores still ends annealed on time.
+    """
+    if step < warmup:
+        return base * (step + 1) / warmup
+    t = max((step - warmup) / max(1, total - warmup), progress)
+    return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+
+def save_fp16(model: torch.nn.Module, path: Path) -> None:
+    """Write the state dict in fp16 safetensors (contiguous copies, no shared storage)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sd = {k: v.detach().to(torch.float16).contiguous().clone() for k, v in model.state_dict().items()}
+    save_file(sd, str(path), metadata={"format": "pt"})
+
+
+def _save_checkpoint(out: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, step: int,
+                     elapsed: float) -> None:
+    sd = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    save_file(sd, str(out / "last.tmp.safetensors"))
+    torch.save({"optimizer": opt.state_dict(), "step": step, "elapsed": elapsed}, out / "last.tmp.pt")
+    (out / "last.tmp.safetensors").replace(out / "last.safetensors")
+    (out / "last.tmp.pt").replace(out / "last.pt")
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="world-guide")
+    p.add_argument("--steps", type=int, default=6000)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--group-size", type=int, default=4, help="hard-negative group size (1 = none)")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--wd", type=float, default=0.1)
+    p.add_argument("--warmup", type=int, default=300)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--final", type=Path, default=None, help="fp16 weights (default world/models/<model>)")
+    p.add_argument("--max-minutes", type=float, default=0.0,
+                   help="wall-clock budget: the schedule anneals and training stops by then (0 = none)")
+    p.add_argument("--ckpt-every", type=int, default=250)
+    p.add_argument("--eval-every", type=int, default=1000)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--resume", action="store_true")
+    a = p.parse_args(argv)
+
+    out = a.out or Path("runs") / a.model
+    out.mkdir(parents=True, exist_ok=True)
+    final = a.final or MODELS_DIR / f"{a.model}.safetensors"
+    torch.set_num_threads(a.threads)
+    random.seed(a.seed)
+    torch.manual_seed(a.seed)
+
+    model, _, tokenizer = create(a.model)
+    n_params = sum(p.numel() for p in model.parameters())
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
+    other = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": a.wd},
+                             {"params": other, "weight_decay": 0.0}], lr=a.lr, betas=(0.9, 0.98), eps=1e-6)
+    step, elapsed = 0, 0.0
+    if a.resume and (out / "last.pt").exists():
+        model.load_state_dict(load_file(str(out / "last.safetensors")))
+        state = torch.load(out / "last.pt", weights_only=True)
+        opt.load_state_dict(state["optimizer"])
+        step, elapsed = int(state["step"]), float(state["elapsed"])
+        print(f"resumed from {out} at step {step}", flush=True)
+    (out / "args.json").write_text(json.dumps({k: str(v) for k, v in vars(a).items()}, indent=1))
+
+    ds = WorldDataset(tokenizer, seed=a.seed, group_size=a.group_size,
+                      length=(a.steps + 1) * a.batch_size)
+    loader = DataLoader(ds, batch_sampler=HardNegativeBatchSampler(ds, a.batch_size, start=step),
+                        num_workers=a.workers, worker_init_fn=_worker_init,
+                        persistent_workers=False, prefetch_factor=4 if a.workers else None)
+    loss_fn = ClipLoss()
+    print(f"{a.model}: {n_params / 1e6:.2f} M params, steps {step}->{a.steps}", flush=True)
+    model.train()
+    bar = tqdm(total=a.steps, initial=step, desc=a.model, mininterval=5, dynamic_ncols=True)
+    t0, ema = time.time() - elapsed, None
+    for images, tokens in loader:
+        budget = (time.time() - t0) / 60 / a.max_minutes if a.max_minutes else 0.0
+        if step >= a.steps or budget >= 1.0:
+            break
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, a.steps, a.lr, a.warmup, budget)
+        img_f, txt_f, scale = model(images, tokens)[:3]
+        loss = loss_fn(img_f, txt_f, scale)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        step += 1
+        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+        bar.update(1)
+        bar.set_postfix(loss=f"{ema:.3f}", scale=f"{model.logit_scale.exp().item():.1f}")
+        if step % a.ckpt_every == 0 or step == a.steps:
+            _save_checkpoint(out, model, opt, step, time.time() - t0)
+        if a.eval_every and (step % a.eval_every == 0 or step == a.steps):
+            from world.eval_clip import evaluate
+            model.eval()
+            res = evaluate(model, tokenizer, n_scenes=128, n_retrieval=128)
+            model.train()
+            msg = " ".join(f"{k}={v:.3f}" for k, v in res.items())
+            print(f"\n[step {step} {(time.time() - t0) / 60:.1f} min] loss {ema:.3f} {msg}", flush=True)
+            with open(out / "evals.jsonl", "a") as f:
+                f.write(json.dumps({"step": step, "minutes": (time.time() - t0) / 60, **res}) + "\n")
+    bar.close()
+    _save_checkpoint(out, model, opt, step, time.time() - t0)
+    minutes = (time.time() - t0) / 60
+    save_fp16(model, final)
+    (out / "done.json").write_text(json.dumps({"steps": step, "minutes": minutes, "params": n_params}))
+    print(f"done: {step} steps in {minutes:.1f} min -> {final} ({final.stat().st_size / 1e6:.1f} MB)",
+          flush=True)
+
+
+if __name__ == "__main__":
+    main()
