@@ -74,14 +74,20 @@ class Method:
     def defaults(self) -> Any:
         return self.settings_cls()
 
-    def missing(self, settings: Any | None = None) -> str | None:
-        """A message naming missing weights for these settings (None when all is there)."""
-        if self.check is None:
-            return None
-        try:
-            return self.check(settings if settings is not None else self.defaults())
-        except ClipKitError as e:
-            return str(e)
+    def missing(self, settings: Any | None = None, test_models: bool = False) -> str | None:
+        """A message naming missing weights for these settings (None when all is there): the CLIP its
+        ``model`` / ``pretrained`` name (not checked with ``test_models``, which swap the tiny CLIP in), then
+        the method's own ``check``."""
+        s = settings if settings is not None else self.defaults()
+        found = []
+        if self.uses_clip and not test_models and hasattr(s, "model"):
+            found.append(check_clip(s))
+        if self.check is not None:
+            try:
+                found.append(self.check(s))
+            except ClipKitError as e:
+                found.append(str(e))
+        return " ".join(m for m in found if m) or None
 
 
 def check_clip(s: Any) -> str | None:
@@ -121,7 +127,6 @@ def _generate_entry() -> Method:
         },
         record_only=("clip",),
         text_field="prompt",
-        check=check_clip,
     )
 
 
@@ -160,7 +165,6 @@ def _edit_entry() -> Method:
                                  advanced=True),
         },
         record_only=("clip", "masked"),
-        check=check_clip,
     )
 
 
@@ -268,7 +272,6 @@ def _clipstyler_entry() -> Method:
                                  advanced=True),
         },
         record_only=("clip", "content_features", "content_layers"),
-        check=check_clip,
     )
 
 
@@ -333,7 +336,6 @@ def _poda_entry() -> Method:
                                  advanced=True),
         },
         record_only=("clip", "layer", "pin_loss_start", "pin_loss_end"),
-        check=check_clip,
     )
 
 

@@ -145,6 +145,38 @@ def test_app_in_headless_chromium(server):
             page.locator("#generate-save").click()
             expect(page.locator("#generate-preset-info")).to_contain_text("Saved preset")
             assert (tmp_path / "presets" / "browser-look.json").is_file()
+
+            # missing weights: the tab says which file is missing, and a run shows the error instead of crashing
+            page.get_by_role("tab", name="Style transfer").click()
+            page.get_by_role("tab", name="Feed-forward").click()
+            expect(page.locator("#stylize-missing")).to_contain_text("no trained stylizer")
+            page.locator("#stylize-run").click()
+            expect(page.get_by_text("upload an image first").first).to_be_visible()
+            tiny_photo = tmp_path / "tiny.png"
+            from PIL import Image
+
+            Image.new("RGB", (64, 48), (120, 80, 60)).save(tiny_photo)
+            page.locator("#stylize-image input[type=file]").set_input_files(str(tiny_photo))
+            expect(page.locator("#stylize-image img")).to_be_visible()
+            page.locator("#stylize-run").click()
+            expect(page.get_by_text("stylizer checkpoint not found").first).to_be_visible()
+
+            # edit a real photo: backlit enhancement with the published weights, where they are present
+            photo = ROOT.parent / "shared" / "images" / "backlit" / "91_51094235055_o.jpg"
+            if photo.is_file() and not (page.locator("#enhance-missing").count()):
+                small = tmp_path / "backlit.png"
+                with Image.open(photo) as im:
+                    im.convert("RGB").resize((384, 256)).save(small)
+                page.get_by_role("tab", name="Backlit enhancement").click()
+                page.locator("#enhance-preset input").click()
+                page.get_by_role("option", name="enhance-gentle").click()
+                expect(page.locator("#enhance-preset-info")).to_contain_text("enhance-gentle")
+                page.locator("#enhance-image input[type=file]").set_input_files(str(small))
+                expect(page.locator("#enhance-image img")).to_be_visible()
+                page.locator("#enhance-run").click()
+                expect(page.locator("#enhance-status")).to_contain_text("Done.")
+                expect(page.locator("#enhance-record")).to_contain_text('"strength": 0.6')
+                _shot(page, tmp_path, "app-enhance.png")
         except Exception:
             _shot(page, tmp_path, "app-failure.png")
             print((tmp_path / "server.log").read_text()[-3000:])

@@ -278,7 +278,7 @@ class ClipKitApp:
 
     def _build_tab(self, m: Method) -> None:
         gr.Markdown(m.description)
-        notice = None if (self.test_models and m.uses_clip) else m.missing()
+        notice = m.missing(test_models=self.test_models)
         if notice:
             gr.Markdown(f"⚠️ **Weights missing — runs will fail until they are in place.** {notice}",
                         elem_id=f"{m.name}-missing")
