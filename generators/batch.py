@@ -149,8 +149,12 @@ def run_batch(
     clip: Any = None,
     progress: bool = True,
     out: TextIO | None = None,
+    masks: str | os.PathLike | None = None,
 ) -> int:
-    """Run ``preset`` over ``inputs`` into ``output``; returns the exit status (0 ok, 1 some files failed)."""
+    """Run ``preset`` over ``inputs`` into ``output``; returns the exit status (0 ok, 1 some files failed).
+
+    ``masks``: for methods with region masks, a folder of ``<input stem>.png`` masks (white = edit); inputs
+    without one are edited whole."""
     out = out or sys.stderr  # looked up per call: tests and wrappers swap sys.stderr
     p = load_preset(preset)
     method, settings = api.build_settings(p.method, p, **(overrides or {}))
@@ -158,6 +162,11 @@ def run_batch(
     exts = IMAGE_EXTS if method.inputs else TEXT_EXTS
     if not method.inputs and not method.text_field:
         raise ParameterError(f"method '{method.name}' takes no inputs; batch has nothing to iterate over")
+    mask_input = any(i.mask for i in method.inputs)
+    if masks is not None and not mask_input:
+        raise ParameterError(f"method '{method.name}' takes no mask; drop --masks")
+    if masks is not None and not Path(masks).is_dir():
+        raise ParameterError(f"--masks {masks}: no such folder")
     files = expand_inputs(inputs, exts)
     if not files:
         raise ParameterError(f"no inputs found in {', '.join(inputs)} (looking for {', '.join(exts)} files)")
@@ -200,6 +209,10 @@ def run_batch(
                 kwargs: dict[str, Any] = {}
                 if method.inputs:
                     kwargs[method.inputs[0].name] = j.input
+                    mask = Path(masks) / f"{j.input.stem}.png" if masks is not None else None
+                    if mask is not None and mask.is_file():
+                        kwargs["mask"] = mask
+                        row["mask"] = str(mask)
                 else:
                     kwargs[method.text_field] = _read_text(j.input)
                 result = api.run(method.name, settings, clip=clip, cancel=token, **kwargs)

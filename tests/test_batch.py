@@ -110,3 +110,25 @@ def test_image_batch_with_a_broken_file(tmp_path, capsys):
     assert "1 done" in err and "broken.jpg" in err and "cannot read" in err
     assert read_settings(out / "dark.png")["settings"] == {"method": "enhance", "checkpoint": "clip-lit",
                                                           "strength": 0.6, "tile": 0}
+
+
+def test_edit_batch_uses_masks_by_name(tmp_path, capsys):
+    import numpy as np
+
+    d, masks, out = tmp_path / "in", tmp_path / "masks", tmp_path / "out"
+    d.mkdir()
+    masks.mkdir()
+    for name in ("a", "b"):
+        Image.new("RGB", (32, 24), (200, 40, 40)).save(d / f"{name}.png")
+    m = Image.new("L", (32, 24), 0)
+    m.paste(255, (0, 0, 16, 24))
+    m.save(masks / "a.png")
+    assert batch("--preset", "edit-region-prompt", "--input", str(d), "--output", str(out), "--masks", str(masks),
+                 "--set", "steps=2", "--set", "cutouts=2") == 0
+    a, b = (np.asarray(Image.open(out / f"{n}.png")).astype(int) for n in ("a", "b"))
+    assert (a[:, 16:] == [200, 40, 40]).all() and not (a[:, :16] == [200, 40, 40]).all()
+    assert not (b[:, 16:] == [200, 40, 40]).all()  # no mask: the whole image is edited
+    assert read_settings(out / "a.png")["settings"]["masked"] is True
+    assert batch("--preset", "generate-preview", "--input", str(d), "--output", str(out / "g"),
+                 "--masks", str(masks)) == 2
+    assert "takes no mask" in capsys.readouterr().err

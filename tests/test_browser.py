@@ -144,6 +144,7 @@ def test_app_in_headless_chromium(server):
             page.locator("#generate-save-name textarea, #generate-save-name input").first.fill("browser-look")
             page.locator("#generate-save").click()
             expect(page.locator("#generate-preset-info")).to_contain_text("Saved preset")
+            expect(page.get_by_role("cell", name="browser-look.json")).to_be_visible()
             assert (tmp_path / "presets" / "browser-look.json").is_file()
 
             # missing weights: the tab says which file is missing, and a run shows the error instead of crashing

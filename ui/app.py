@@ -36,6 +36,7 @@ from generators.presets import (
     save_preset,
     settings_dict,
     settings_from_dict,
+    user_preset_dir,
 )
 from generators.registry import Control, Method, methods
 from guidance.errors import ClipKitError
@@ -320,7 +321,7 @@ class ClipKitApp:
                     save_name = gr.Textbox(label="Preset name", placeholder="my-look", elem_id=f"{m.name}-save-name")
                     save_desc = gr.Textbox(label="Description", placeholder="what it does, for whom")
                     save_btn = gr.Button("Save preset", elem_id=f"{m.name}-save")
-                    preset_file = gr.File(label="Preset file", interactive=False)
+                    preset_file = gr.File(label="Preset file", interactive=False, elem_id=f"{m.name}-preset-file")
             with gr.Column(scale=1):
                 preview = gr.Image(label="Preview", type="pil", interactive=False, format="png", height=256,
                                    elem_id=f"{m.name}-preview")
@@ -474,5 +475,7 @@ def serve(host: str = "127.0.0.1", port: int = 7860, test_models: bool = False, 
     out = Path(output_dir or DEFAULT_OUTPUT_DIR)
     out.mkdir(parents=True, exist_ok=True)
     demo = build_app(test_models, out, concurrency)
-    demo.launch(server_name=host, server_port=port, allowed_paths=[str(out)], show_error=True, inbrowser=inbrowser,
+    # results and saved presets are served for download from these folders only
+    allowed = [str(out), str(user_preset_dir())]
+    demo.launch(server_name=host, server_port=port, allowed_paths=allowed, show_error=True, inbrowser=inbrowser,
                 footer_links=["api", "settings"])
