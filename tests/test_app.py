@@ -138,10 +138,13 @@ def test_run_stream_previews_then_saves_a_reproducible_png(tmp_path, fast_genera
 def test_cancel_before_start_and_errors_surface(tmp_path, fast_generate):
     app = ClipKitApp(test_models=True, output_dir=tmp_path)
     m = get_method("generate")
-    app.arm(None)
-    assert app.cancel(None) is True
-    events = list(app.run_stream(m, m.settings_cls(**fast_generate), {}))
+    key = app.key(None, m)
+    assert app.cancel(key) is False  # nothing armed yet
+    app.arm(key)
+    assert app.cancel(key) is True
+    events = list(app.run_stream(m, m.settings_cls(**fast_generate), {}, key))
     assert events == [("status", "Cancelled before it started.")]
+    assert app.cancel(key) is False  # the token went with the run
     real = ClipKitApp(test_models=False, output_dir=tmp_path)
     with pytest.raises(WeightsNotFoundError, match="missing.pt"):
         list(real.run_stream(m, m.settings_cls(pretrained=str(tmp_path / "missing.pt"), **fast_generate), {}))

@@ -165,38 +165,39 @@ class ClipKitApp:
         self._tokens: dict[str, api.CancelToken] = {}
         self._lock = threading.Lock()
 
-    # ---- cancellation: one token per browser session, armed on click so a queued run can be cancelled too
-    def arm(self, request: gr.Request | None = None) -> str:
-        token = api.CancelToken()
+    # ---- cancellation: one token per (browser session, method), armed on click so a queued run can be
+    # cancelled too (the run then stops before its first step)
+    def arm(self, key: str) -> str:
         with self._lock:
-            self._tokens[self._session(request)] = token
+            self._tokens[key] = api.CancelToken()
         return "Queued…"
 
-    def cancel(self, request: gr.Request | None = None) -> bool:
-        """Stop this session's run after its current step; the run's own status then says "Cancelled".
+    def cancel(self, key: str) -> bool:
+        """Stop the run under ``key`` after its current step; the run's own status then says "Cancelled".
 
         (Gradio's ``cancels=`` is not used: it would kill the event and lose the partial result.)"""
         with self._lock:
-            token = self._tokens.get(self._session(request))
+            token = self._tokens.get(key)
         if token is None:
             return False
         token.cancel()
         return True
 
     @staticmethod
-    def _session(request: gr.Request | None) -> str:
-        return getattr(request, "session_hash", None) or "local"
+    def key(request: gr.Request | None, m: Method) -> str:
+        return f"{getattr(request, 'session_hash', None) or 'local'}:{m.name}"
 
     # ---- running
-    def run_stream(self, m: Method, settings: Any, images: dict[str, Any], session: str = "local",
+    def run_stream(self, m: Method, settings: Any, images: dict[str, Any], key: str | None = None,
                    progress: Any = None) -> Iterator[tuple[str, Any]]:
         """Run ``m`` in a worker thread; yields ("status", markdown), ("preview", PIL) and finally
         ("result", api.Result). Closing the generator early cancels the run."""
+        key = key or self.key(None, m)
         with self._lock:
-            token = self._tokens.setdefault(session, api.CancelToken())
+            token = self._tokens.setdefault(key, api.CancelToken())
         if token.cancelled:  # cancel was pressed while the run waited in the queue
             with self._lock:
-                self._tokens.pop(session, None)
+                self._tokens.pop(key, None)
             yield "status", "Cancelled before it started."
             return
         events: queue.Queue = queue.Queue()
@@ -236,8 +237,8 @@ class ClipKitApp:
             if worker.is_alive():
                 token.cancel()  # the browser went away or Gradio stopped the event: stop the worker too
             with self._lock:
-                if self._tokens.get(session) is token:
-                    del self._tokens[session]
+                if self._tokens.get(key) is token:
+                    del self._tokens[key]
 
     def save_result(self, m: Method, result: api.Result) -> Entry:
         """Write the result PNG (settings embedded) where the app serves downloads from."""
@@ -397,7 +398,7 @@ class ClipKitApp:
                     raise gr.Error(f"upload an image first ({inp.label})")
                 images[inp.name] = image
             try:
-                for kind, payload in self.run_stream(m, settings, images, self._session(request), progress):
+                for kind, payload in self.run_stream(m, settings, images, self.key(request, m), progress):
                     if kind == "preview":
                         yield {preview: payload}
                     elif kind == "status":
@@ -433,12 +434,15 @@ class ClipKitApp:
         save_btn.click(on_save, {save_name, save_desc, *control_list}, [preset_file, preset_dd, preset_info],
                        queue=False)
         run_inputs = {*control_list, *inputs.values(), history}
-        run_btn.click(self.arm, None, status, queue=False).then(
+        def on_arm(request: gr.Request) -> str:
+            return self.arm(self.key(request, m))
+
+        def on_cancel(request: gr.Request) -> None:
+            self.cancel(self.key(request, m))
+
+        run_btn.click(on_arm, None, status, queue=False).then(
             on_run, run_inputs, [preview, status, gallery, record_json, download, history],
             concurrency_limit=self.concurrency, concurrency_id="clipkit-runs")
-        def on_cancel(request: gr.Request) -> None:
-            self.cancel(request)
-
         cancel_btn.click(on_cancel, None, None, queue=False)
         gallery.select(on_select, history, [record_json, download], queue=False)
 
