@@ -206,8 +206,8 @@ class PodaSettings:
     templates: str = "imagenet"
     size: int = 512
     preview_steps: int = 100
-    preview_lr: float = 0.02
-    preview_tv: float = 2e-3
+    preview_lr: float = 0.05
+    preview_tv: float = 0.1  # feature inversion leaves speckle below layer1's 1/4 resolution; TV removes it
     seed: int = 0
     model: str = DEFAULT_MODEL
     pretrained: str | None = None
