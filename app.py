@@ -22,18 +22,17 @@ def _add_clip_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from dataclasses import fields
+    """Flags override the preset (``--preset``, e.g. a name or an earlier output PNG), which overrides defaults."""
+    from generators import api
 
-    from generators.image.generate import GenerateSettings, generate
-    from guidance.images import save_image
-
-    known = {f.name for f in fields(GenerateSettings)}
+    known = set(api.get_method("generate").field_names())
     overrides = {k: v for k, v in vars(args).items() if k in known and v is not None}
-    result = generate(**overrides)
-    out = save_image(result.images, args.out, result.record())
+    result = api.run("generate", args.preset, progress=True, **overrides)
+    out = result.save(args.out)
     last = result.history[-1] if result.history else {}
+    timings = result.record["timings"]
     print(f"wrote {out}  loss={last.get('loss', float('nan')):.4f}  "
-          f"{result.timings['optimise_s']:.1f}s ({result.timings['s_per_step'] * 1000:.0f} ms/step)")
+          f"{timings['optimise_s']:.1f}s ({timings['s_per_step'] * 1000:.0f} ms/step)")
     return 0
 
 
@@ -78,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
 
     g = sub.add_parser("generate", help="text to image, optimised against a CLIP guide")
+    g.add_argument("--preset", default=None, help="start from a preset (name, .json, or a clipkit .png)")
     g.add_argument("--prompt", default=None, help="e.g. 'a red circle:1 | blurry:-0.5'")
     g.add_argument("--steps", type=int, default=None)
     g.add_argument("--size", type=int, default=None)

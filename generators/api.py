@@ -48,9 +48,9 @@ from guidance.runs import CancelToken, RunResult, StepCallback, StepInfo
 
 TEST_MODELS_ENV = "CLIPKIT_TEST_MODELS"
 
-__all__ = ["Result", "run", "generate", "enhance", "build_settings", "methods", "load_preset", "list_presets",
-           "save_preset", "make_preset", "Preset", "PresetError", "CancelToken", "StepInfo", "test_models_enabled",
-           "tiny_model"]
+__all__ = ["Result", "run", "generate", "enhance", "build_settings", "methods", "get_method", "load_preset",
+           "list_presets", "save_preset", "make_preset", "Preset", "PresetError", "CancelToken", "StepInfo",
+           "test_models_enabled", "tiny_model"]
 
 
 def test_models_enabled() -> bool:
@@ -165,7 +165,7 @@ def build_settings(method: str | None = None, settings: Any = None, **overrides:
         raise ParameterError(f"settings must be a preset name/path, Preset, dict or Settings instance, "
                              f"got {type(settings).__name__}")
     m = get_method(method)
-    return m, settings_from_dict(m.name, {**base, **overrides}, f"{m.name} settings")
+    return m, settings_from_dict(m.name, {**base, **overrides})
 
 
 def _clip_for(m: Method, clip: ClipModel | str | None) -> ClipModel | None:

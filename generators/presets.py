@@ -23,7 +23,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from guidance.errors import ParameterError
+from guidance.errors import ClipKitError, ParameterError
 
 FORMAT = "clipkit-preset"
 VERSION = 1
@@ -122,33 +122,41 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     return value
 
 
-def settings_from_dict(method: str, values: dict[str, Any], source: str = "settings", partial: bool = True) -> Any:
-    """Validated Settings instance of ``method`` from JSON-like values (unknown keys and wrong types rejected)."""
+def settings_from_dict(method: str, values: dict[str, Any], source: str | None = None, partial: bool = True) -> Any:
+    """Validated Settings instance of ``method`` from JSON-like values (unknown keys and wrong types rejected).
+
+    ``source`` (a file name, "Generate settings") prefixes the messages; without it the method's own
+    validation errors pass through unchanged, as a direct call of the method would raise them."""
     from generators.registry import get_method
 
+    pre = f"{source}: " if source else ""
     m = get_method(method)
     if not isinstance(values, dict):
-        raise PresetError(f"{source}: 'settings' must be an object of {method} settings, got {type(values).__name__}")
+        raise PresetError(f"{pre}'settings' must be an object of {method} settings, got {type(values).__name__}")
     valid = m.field_names()
     unknown = [k for k in values if k not in valid]
     if unknown:
-        raise PresetError(f"{source}: unknown setting{'s' if len(unknown) > 1 else ''} "
+        raise PresetError(f"{pre}unknown setting{'s' if len(unknown) > 1 else ''} "
                           f"{', '.join(repr(k) for k in unknown)} for method '{method}'; "
                           f"valid settings: {', '.join(valid)}")
     if not partial:
         missing = [k for k in valid if k not in values]
         if missing:
-            raise PresetError(f"{source}: missing settings {', '.join(missing)} for method '{method}'")
+            raise PresetError(f"{pre}missing settings {', '.join(missing)} for method '{method}'")
     hints = typing.get_type_hints(m.settings_cls)
-    clean = {k: _coerce(v, hints.get(k, Any), f"{source}: setting '{k}'") for k, v in values.items()}
+    clean = {k: _coerce(v, hints.get(k, Any), f"{pre}setting '{k}'") for k, v in values.items()}
     try:
         settings = m.settings_cls(**clean)
         validate = getattr(settings, "validate", None)
         return validate() if callable(validate) else settings
     except PresetError:
         raise
-    except (ParameterError, ValueError, TypeError) as e:
-        raise PresetError(f"{source}: {e}") from e
+    except ClipKitError as e:  # PromptError, ParameterError... from the method's validate()
+        if not source:
+            raise
+        raise PresetError(f"{pre}{e}") from e
+    except (ValueError, TypeError) as e:
+        raise PresetError(f"{pre}{e}") from e
 
 
 def settings_dict(settings: Any) -> dict[str, Any]:

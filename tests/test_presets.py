@@ -118,3 +118,20 @@ def test_png_without_settings_is_refused(tmp_path):
     Image.new("RGB", (8, 8)).save(tmp_path / "plain.png")
     with pytest.raises(PresetError, match="carries no clipkit settings"):
         load_preset(tmp_path / "plain.png")
+
+
+def test_cli_generate_applies_presets_and_reproduces_its_own_output(tmp_path):
+    from PIL import Image
+
+    from app import main
+    from guidance.images import read_settings
+
+    tiny = ["--model", "tiny-clip", "--clip-weights", "random", "--steps", "2", "--size", "32", "--cutouts", "2"]
+    first = tmp_path / "first.png"
+    assert main(["generate", "--preset", "generate-preview", *tiny, "--out", str(first)]) == 0
+    s = read_settings(first)["settings"]
+    assert s["prompt"] == load_preset("generate-preview").settings["prompt"] and s["steps"] == 2
+    again = tmp_path / "again.png"
+    assert main(["generate", "--preset", str(first), "--out", str(again)]) == 0
+    assert Image.open(again).tobytes() == Image.open(first).tobytes()
+    assert read_settings(again)["settings"] == s
