@@ -69,7 +69,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
     return run_batch(args.preset, args.input, args.output, _parse_set(args.set), dry_run=args.dry_run,
                      overwrite=args.overwrite, clip="tiny" if _test_models(args) else None,
-                     progress=not args.no_progress, masks=args.masks)
+                     progress=not args.no_progress, masks=args.masks, method_name=args.method)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--input", required=True, action="append",
                    help="folder, file or glob (repeatable); images, or .txt prompts for generate")
     b.add_argument("--output", required=True, type=Path, help="folder for <input name>.png and the run log")
+    b.add_argument("--method", default=None, help="another method than the preset's, e.g. poda for a style preset")
     b.add_argument("--masks", default=None, help="edit: folder of <input name>.png masks (white = change)")
     b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a preset setting")
     b.add_argument("--dry-run", action="store_true", help="list what would run or be skipped; write nothing")

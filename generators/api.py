@@ -50,7 +50,7 @@ TEST_MODELS_ENV = "CLIPKIT_TEST_MODELS"
 
 __all__ = ["Result", "run", "generate", "enhance", "build_settings", "methods", "get_method", "load_preset",
            "list_presets", "save_preset", "make_preset", "Preset", "PresetError", "CancelToken", "StepInfo",
-           "test_models_enabled", "tiny_model"]
+           "test_models_enabled", "tiny_model", "preset_values"]
 
 
 def test_models_enabled() -> bool:
@@ -139,9 +139,8 @@ def build_settings(method: str | None = None, settings: Any = None, **overrides:
     with ``overrides`` applied on top; unknown keys and wrong types raise ``PresetError`` naming them."""
     if isinstance(settings, (str, os.PathLike, Preset)):
         preset = load_preset(settings)
-        if method is not None and preset.method != method:
-            raise PresetError(f"preset '{preset.name}' is for method '{preset.method}', not '{method}'")
-        method, base = preset.method, dict(preset.settings)
+        method = method or preset.method
+        base = preset_values(get_method(method), preset)
     elif settings is None:
         if method is None:
             raise ParameterError(f"name a method or a preset; methods: {', '.join(methods())}")
@@ -166,6 +165,17 @@ def build_settings(method: str | None = None, settings: Any = None, **overrides:
                              f"got {type(settings).__name__}")
     m = get_method(method)
     return m, settings_from_dict(m.name, {**base, **overrides})
+
+
+def preset_values(m: Method, preset: Preset) -> dict[str, Any]:
+    """The settings ``preset`` gives method ``m``: all of them, or for a preset of a method ``m`` borrows from,
+    the ones both methods have."""
+    if preset.method == m.name:
+        return dict(preset.settings)
+    if preset.method in m.borrows:
+        return {k: v for k, v in preset.settings.items() if k in m.borrows[preset.method]}
+    raise PresetError(f"preset '{preset.name}' is for method '{preset.method}', not '{m.name}'"
+                      + (f" (it takes presets of {', '.join(m.borrows)} too)" if m.borrows else ""))
 
 
 def _clip_for(m: Method, clip: ClipModel | str | None) -> ClipModel | None:

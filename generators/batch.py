@@ -150,14 +150,16 @@ def run_batch(
     progress: bool = True,
     out: TextIO | None = None,
     masks: str | os.PathLike | None = None,
+    method_name: str | None = None,
 ) -> int:
     """Run ``preset`` over ``inputs`` into ``output``; returns the exit status (0 ok, 1 some files failed).
 
     ``masks``: for methods with region masks, a folder of ``<input stem>.png`` masks (white = edit); inputs
-    without one are edited whole."""
+    without one are edited whole. ``method_name``: run another method than the preset's, one that borrows its
+    presets (``--method poda --preset style-monet``)."""
     out = out or sys.stderr  # looked up per call: tests and wrappers swap sys.stderr
     p = load_preset(preset)
-    method, settings = api.build_settings(p.method, p, **(overrides or {}))
+    method, settings = api.build_settings(method_name or p.method, p, **(overrides or {}))
     output = Path(output)
     exts = IMAGE_EXTS if method.inputs else TEXT_EXTS
     if not method.inputs and not method.text_field:

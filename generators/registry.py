@@ -67,6 +67,10 @@ class Method:
     text_field: str | None = None
     check: Callable[[Any], str | None] | None = None
     family: str = ""  # the app groups methods of one family under one tab (default: the method's own tab)
+    # Methods whose presets this one accepts too -> the settings it takes from them (one artist preset for
+    # CLIPstyler also drives the feed-forward stylizer and PODA: prompt, seed, size ...; not lr or steps, which
+    # mean other things there).
+    borrows: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def field_names(self) -> list[str]:
         return [f.name for f in fields(self.settings_cls)]
@@ -243,6 +247,13 @@ def _enhance_entry() -> Method:
 _STYLE_FAMILY = "Style transfer"
 
 
+def _style_shared(settings_cls: type) -> tuple[str, ...]:
+    """The settings a CLIPstyler artist preset hands the other style methods (the style back-end's SHARED)."""
+    from generators.style.presets import SHARED
+
+    return tuple(f.name for f in fields(settings_cls) if f.name in SHARED)
+
+
 def _clipstyler_entry() -> Method:
     from generators.style.clipstyler import TEMPLATE_SETS, ClipStylerSettings, clipstyler
 
@@ -306,6 +317,7 @@ def _stylize_entry() -> Method:
             "seed": Control("Seed", kind="number"),
         },
         record_only=("clip", "trained_steps"),
+        borrows={"clipstyler": _style_shared(StylizeSettings)},
         check=check,
     )
 
@@ -336,6 +348,7 @@ def _poda_entry() -> Method:
                                  advanced=True),
         },
         record_only=("clip", "layer", "pin_loss_start", "pin_loss_end"),
+        borrows={"clipstyler": _style_shared(PodaSettings)},
     )
 
 

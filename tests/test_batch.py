@@ -132,3 +132,15 @@ def test_edit_batch_uses_masks_by_name(tmp_path, capsys):
     assert batch("--preset", "generate-preview", "--input", str(d), "--output", str(out / "g"),
                  "--masks", str(masks)) == 2
     assert "takes no mask" in capsys.readouterr().err
+
+
+def test_a_style_preset_can_drive_another_style_method(tmp_path, capsys):
+    d = tmp_path / "in"
+    d.mkdir()
+    Image.new("RGB", (32, 24), (10, 120, 200)).save(d / "sea.png")
+    assert batch("--preset", "style-monet", "--method", "poda", "--input", str(d), "--output", str(tmp_path / "o"),
+                 "--dry-run") == 0
+    assert "preset style-monet (poda)" in capsys.readouterr().err
+    assert batch("--preset", "style-monet", "--method", "enhance", "--input", str(d),
+                 "--output", str(tmp_path / "o")) == 2
+    assert "is for method 'clipstyler', not 'enhance'" in capsys.readouterr().err

@@ -149,6 +149,12 @@ def test_app_in_headless_chromium(server):
 
             # missing weights: the tab says which file is missing, and a run shows the error instead of crashing
             page.get_by_role("tab", name="Style transfer").click()
+            page.get_by_role("tab", name="PODA").click()  # a CLIPstyler artist preset drives PODA too
+            page.locator("#poda-preset input").click()
+            page.get_by_role("option", name="style-monet").click()
+            expect(page.locator("#poda-prompt textarea")).to_have_value(
+                "impressionist painting of water lilies by Claude Monet")
+            expect(page.locator("#poda-steps input[type=number]")).to_have_value("100")  # PODA's own steps stay
             page.get_by_role("tab", name="Feed-forward").click()
             expect(page.locator("#stylize-missing")).to_contain_text("no trained stylizer")
             page.locator("#stylize-run").click()

@@ -135,3 +135,12 @@ def test_cli_generate_applies_presets_and_reproduces_its_own_output(tmp_path):
     assert main(["generate", "--preset", str(first), "--out", str(again)]) == 0
     assert Image.open(again).tobytes() == Image.open(first).tobytes()
     assert read_settings(again)["settings"] == s
+
+
+def test_style_presets_drive_the_other_style_methods_through_shared_settings():
+    monet = load_preset("style-monet")
+    m, s = api.build_settings("poda", "style-monet")
+    assert s.prompt == monet.settings["prompt"] and s.seed == monet.settings["seed"]
+    assert s.steps == methods()["poda"].defaults().steps  # clipstyler's steps are not poda's
+    with pytest.raises(PresetError, match="is for method 'clipstyler', not 'enhance'"):
+        api.build_settings("enhance", "style-monet")

@@ -89,10 +89,14 @@ def values_to_settings(m: Method, values: dict[str, Any]) -> Any:
     return settings_from_dict(m.name, clean, f"{m.title} settings")
 
 
+def control_value(m: Method, name: str, value: Any) -> Any:
+    """A setting as its control shows it (None shows as an empty text box)."""
+    return "" if value is None and field_kind(m, name) in ("text", "textarea") else value
+
+
 def settings_to_values(m: Method, settings: dict[str, Any]) -> list[Any]:
-    """Settings dict -> control values, in the order of the settings fields (None shows as an empty box)."""
-    return ["" if settings[n] is None and field_kind(m, n) in ("text", "textarea") else settings[n]
-            for n in m.field_names()]
+    """Settings dict -> control values, in the order of the settings fields."""
+    return [control_value(m, n, settings[n]) for n in m.field_names()]
 
 
 def split_editor(value: Any) -> tuple[Image.Image | None, Image.Image | None]:
@@ -298,7 +302,7 @@ class ClipKitApp:
                     else:
                         inputs[inp.name] = gr.Image(label=inp.label, type="pil", format="png",
                                                     sources=["upload", "clipboard"], elem_id=f"{m.name}-{inp.name}")
-                presets = [p.name for p in list_presets(m.name)]
+                presets = self._preset_names(m)
                 with gr.Row():
                     preset_dd = gr.Dropdown(presets, value=None, label="Preset", scale=3,
                                             elem_id=f"{m.name}-preset")
@@ -339,11 +343,16 @@ class ClipKitApp:
         control_list = list(controls.values())
 
         def apply(p: Preset) -> list[Any]:
-            if p.method != m.name:
+            if p.method != m.name and p.method not in m.borrows:
                 raise gr.Error(f"'{p.name}' is a preset for method '{p.method}'; open the "
                                f"{methods()[p.method].title if p.method in methods() else p.method} tab to use it")
+            values = api.preset_values(m, p)
             desc = f" — {p.description}" if p.description else ""
-            return [*settings_to_values(m, p.settings), f"Loaded preset **{p.name}**{desc}"]
+            if p.method != m.name:  # borrowed: only the shared settings change, the rest stay as they are
+                desc += f" (its {', '.join(values)} from {p.method})"
+                return [*(control_value(m, n, values[n]) if n in values else gr.update() for n in m.field_names()),
+                        f"Loaded preset **{p.name}**{desc}"]
+            return [*settings_to_values(m, values), f"Loaded preset **{p.name}**{desc}"]
 
         def on_preset(name: str | None) -> list[Any]:
             if not name:
@@ -376,7 +385,7 @@ class ClipKitApp:
                 path = save_preset(make_preset(m.name, s, name, (data[save_desc] or "").strip()))
             except ClipKitError as e:
                 raise gr.Error(str(e)) from e
-            choices = [p.name for p in list_presets(m.name)]
+            choices = self._preset_names(m)
             return (str(path), gr.update(choices=choices, value=name),
                     f"Saved preset **{name}** to `{path}`")
 
@@ -445,6 +454,10 @@ class ClipKitApp:
             concurrency_limit=self.concurrency, concurrency_id="clipkit-runs")
         cancel_btn.click(on_cancel, None, None, queue=False)
         gallery.select(on_select, history, [record_json, download], queue=False)
+
+    @staticmethod
+    def _preset_names(m: Method) -> list[str]:
+        return [p.name for src in (m.name, *m.borrows) for p in list_presets(src)]
 
     @staticmethod
     def _control(m: Method, name: str, value: Any) -> gr.components.Component:
