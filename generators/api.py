@@ -105,15 +105,20 @@ class Result:
         return save_image(self.images[index], path, self.record, protect=protect)
 
 
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL image as RGB; transparency goes over white (as ``guidance.images.load_image`` does for files)."""
+    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
 def _as_input_tensor(image: Any, name: str) -> torch.Tensor:
     """PIL image, tensor or file path -> checked (B, 3, H, W) tensor; alpha and grey images become RGB."""
     if isinstance(image, (str, os.PathLike)):
         image = load_image(image)
-    if isinstance(image, Image.Image) and image.mode != "RGB":
-        if image.mode in ("RGBA", "LA", "P"):
-            rgba = image.convert("RGBA")
-            image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-        image = image.convert("RGB")
+    if isinstance(image, Image.Image):
+        image = to_rgb(image)
     if not isinstance(image, (Image.Image, torch.Tensor)):
         raise ParameterError(f"{name} must be a PIL image, a (B, 3, H, W) tensor in [0, 1] or a file path, "
                              f"got {type(image).__name__}")

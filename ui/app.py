@@ -109,7 +109,7 @@ def split_editor(value: Any) -> tuple[Image.Image | None, Image.Image | None]:
     image = background if background is not None else value.get("composite")
     if image is None:
         return None, None
-    image = _flatten(image)
+    image = api.to_rgb(image)
     painted = None
     for layer in value.get("layers") or []:
         if layer is None:
@@ -122,13 +122,6 @@ def split_editor(value: Any) -> tuple[Image.Image | None, Image.Image | None]:
     if mask.size != image.size:
         mask = mask.resize(image.size, Image.NEAREST)
     return image, mask
-
-
-def _flatten(image: Image.Image) -> Image.Image:
-    if image.mode in ("RGBA", "LA", "P"):
-        rgba = image.convert("RGBA")
-        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
-    return image.convert("RGB")
 
 
 def format_values(values: dict[str, float]) -> str:
@@ -402,7 +395,7 @@ class ClipKitApp:
                     if mask is not None:
                         images["mask"] = mask
                 else:
-                    image = _flatten(value) if value is not None else None
+                    image = api.to_rgb(value) if value is not None else None
                 if image is None:
                     raise gr.Error(f"upload an image first ({inp.label})")
                 images[inp.name] = image
