@@ -208,7 +208,7 @@ class PodaSettings:
     preview_steps: int = 100
     preview_lr: float = 0.05
     preview_tv: float = 0.1  # feature inversion leaves speckle below layer1's 1/4 resolution; TV removes it
-    seed: int = 0
+    seed: int = 0  # recorded only: PIN and the preview are deterministic
     model: str = DEFAULT_MODEL
     pretrained: str | None = None
 
@@ -272,7 +272,6 @@ def poda(
     clip = clip or get_clip(s.model, s.pretrained)
     t_load = time.perf_counter() - t0
     image = resize_long_side(as_tensor(content, clip.device), s.size)
-    torch.manual_seed(s.seed)  # nothing here is random; fixed anyway so a future random part stays reproducible
     t1 = time.perf_counter()
     pin = pin_statistics(clip, image, s.prompt, s.steps, s.lr, s.momentum, s.weight_decay, s.templates,
                          callback, cancel, progress)
