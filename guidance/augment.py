@@ -10,6 +10,7 @@ Views are the same for every image in a batch, so paired images (an edit and its
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 import kornia.augmentation as K
@@ -18,13 +19,19 @@ from torchvision.ops import roi_align
 
 from guidance.errors import ParameterError
 
+_GLOBAL_RNG_LOCK = threading.Lock()
+
 
 def _seeded(generator: torch.Generator | None, fn):
-    """Run kornia (which draws from torch's global RNG) reproducibly from our generator."""
+    """Run kornia (which draws from torch's global RNG) reproducibly from our generator.
+
+    The global RNG is process-wide, so the seed-and-draw holds a lock: two runs in two threads would
+    otherwise interleave their draws and neither would reproduce.
+    """
     if generator is None:
         return fn()
     seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-    with torch.random.fork_rng(devices=[]):
+    with _GLOBAL_RNG_LOCK, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return fn()
 
