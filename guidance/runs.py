@@ -10,8 +10,8 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, TypeVar
 
 import torch
 from tqdm.auto import tqdm
@@ -64,6 +64,21 @@ class RunResult:
 
         return tensor_to_pil(self.images)
 
+    @classmethod
+    def from_loop(
+        cls,
+        images: torch.Tensor,
+        settings: dict[str, Any],
+        history: list[dict[str, float]],
+        seconds: float,
+        cancelled: bool,
+        load_s: float = 0.0,
+        extras: dict[str, Any] | None = None,
+    ) -> RunResult:
+        """The result of an optimisation loop, with the timings every method reports."""
+        timings = {"load_s": load_s, "optimise_s": seconds, "s_per_step": seconds / max(1, len(history))}
+        return cls(images, settings, history, timings, cancelled, extras or {})
+
     def record(self) -> dict[str, Any]:
         """Everything but the pixels, JSON-ready: embedded in the PNG and written to manifests."""
         last = self.history[-1] if self.history else {}
@@ -74,6 +89,29 @@ class RunResult:
             "timings": {k: round(v, 4) for k, v in self.timings.items()},
             "cancelled": self.cancelled,
         }
+
+
+S = TypeVar("S")
+
+
+def resolve_settings(cls: type[S], settings: S | None, overrides: dict[str, Any]) -> S:
+    """A method's settings: the given (or default) dataclass with keyword overrides, validated.
+
+    Unknown keywords are named with the valid ones, instead of a bare TypeError from the dataclass.
+    """
+    valid = [f.name for f in fields(cls)]
+    unknown = sorted(set(overrides) - set(valid))
+    if unknown:
+        raise ParameterError(f"unknown setting(s) {unknown} for {cls.__name__}; valid: {', '.join(valid)}")
+    base = asdict(settings) if settings is not None else {}
+    return cls(**{**base, **overrides}).validate()
+
+
+def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    """(fn(), seconds): for load times in result records."""
+    start = time.perf_counter()
+    value = fn()
+    return value, time.perf_counter() - start
 
 
 def check_steps(steps: int, limit: int = 100_000) -> int:

@@ -9,7 +9,6 @@ region (guidance.regions.focus) and the result keeps every pixel outside it exac
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -25,7 +24,7 @@ from guidance.guide import DirectionalTerm, Guide, PromptTerm, Term, TVTerm
 from guidance.images import as_tensor
 from guidance.prompts import IMAGENET_TEMPLATES, PLAIN_TEMPLATES, parse_prompts
 from guidance.regions import composite, prepare_mask
-from guidance.runs import CancelToken, RunResult, StepCallback, check_steps, run_steps
+from guidance.runs import CancelToken, RunResult, StepCallback, check_steps, resolve_settings, run_steps, timed
 
 TEMPLATE_SETS = {"plain": PLAIN_TEMPLATES, "imagenet": IMAGENET_TEMPLATES}
 
@@ -83,10 +82,8 @@ def edit(
     **overrides,
 ) -> RunResult:
     """Edit `image` toward the prompt / direction; pixels where `mask` is 0 come back unchanged."""
-    s = EditSettings(**{**asdict(settings or EditSettings()), **overrides}).validate()
-    t0 = time.perf_counter()
-    clip = clip or get_clip(s.model, s.pretrained)
-    t_load = time.perf_counter() - t0
+    s = resolve_settings(EditSettings, settings, overrides)
+    clip, t_load = timed(lambda: clip or get_clip(s.model, s.pretrained))
     source = as_tensor(image, clip.device)
     if isinstance(mask, Image.Image):
         mask = torch.from_numpy(np.asarray(mask.convert("L"), dtype=np.float32) / 255.0)
@@ -128,6 +125,4 @@ def edit(
     with torch.no_grad():
         final = current().detach()
     record = {"method": "edit", **asdict(s), "clip": clip.name, "masked": m is not None}
-    return RunResult(final, record, history,
-                     {"load_s": t_load, "optimise_s": seconds, "s_per_step": seconds / max(1, len(history))},
-                     cancelled)
+    return RunResult.from_loop(final, record, history, seconds, cancelled, t_load)

@@ -3,7 +3,6 @@ without the VQGAN): global spherical-distance loss over multi-scale cutouts plus
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass
 
 import torch
@@ -14,7 +13,7 @@ from guidance.clip import DEFAULT_MODEL, ClipModel, get_clip
 from guidance.errors import ParameterError
 from guidance.guide import Guide, PromptTerm, TVTerm
 from guidance.prompts import IMAGENET_TEMPLATES, PLAIN_TEMPLATES, parse_prompts
-from guidance.runs import CancelToken, RunResult, StepCallback, check_steps, run_steps
+from guidance.runs import CancelToken, RunResult, StepCallback, check_steps, resolve_settings, run_steps, timed
 
 TEMPLATE_SETS = {"plain": PLAIN_TEMPLATES, "imagenet": IMAGENET_TEMPLATES}
 
@@ -64,10 +63,8 @@ def generate(
     **overrides,
 ) -> RunResult:
     """Text to image from noise; same settings and seed give the same image."""
-    s = GenerateSettings(**{**asdict(settings or GenerateSettings()), **overrides}).validate()
-    t0 = time.perf_counter()
-    clip = clip or get_clip(s.model, s.pretrained)
-    t_load = time.perf_counter() - t0
+    s = resolve_settings(GenerateSettings, settings, overrides)
+    clip, t_load = timed(lambda: clip or get_clip(s.model, s.pretrained))
     gen = torch.Generator().manual_seed(s.seed)
     image = PyramidImage(s.size, s.batch, generator=gen).to(clip.device)
     guide = Guide(
@@ -97,6 +94,4 @@ def generate(
     with torch.no_grad():
         final = image().detach()
     settings_record = {"method": "generate", **asdict(s), "clip": clip.name}
-    return RunResult(final, settings_record, history,
-                     {"load_s": t_load, "optimise_s": seconds, "s_per_step": seconds / max(1, len(history))},
-                     cancelled)
+    return RunResult.from_loop(final, settings_record, history, seconds, cancelled, t_load)
