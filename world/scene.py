@@ -44,9 +44,9 @@ HELDOUT: frozenset[tuple[str, str]] = frozenset({
     ("heart", "white"), ("heart", "blue"),
 })
 
-_RADIUS = {"small": 0.14, "large": 0.25}  # bounding radius, fraction of the side
-_CENTRE = {"left": (0.27, 0.5), "right": (0.73, 0.5), "top": (0.5, 0.27),
-           "bottom": (0.5, 0.73), "centre": (0.5, 0.5)}
+_RADIUS = {"small": 0.16, "large": 0.27}  # bounding radius, fraction of the side
+_CENTRE = {"left": (0.26, 0.5), "right": (0.74, 0.5), "top": (0.5, 0.26),
+           "bottom": (0.5, 0.74), "centre": (0.5, 0.5)}
 _PAIR_LAYOUT = {"horizontal": ("left", "right"), "vertical": ("top", "bottom")}
 
 
@@ -257,7 +257,10 @@ def _backgrounds(scenes: list[SceneSpec], xy: torch.Tensor) -> torch.Tensor:
     t = torch.zeros_like(u)
     for k, pat in enumerate((torch.zeros_like(u), gradient, stripes, dots, checker)):
         t = torch.where(kind == k, pat, t)
-    c1 = _palette([s.bg_colour for s in scenes]).view(b, 3, 1, 1)
+    # Backgrounds are muted (mixed toward grey) so that saturation separates figure
+    # from ground: with full-strength backgrounds a small CLIP learned background
+    # colours but stayed at chance on object colour (measured, see model cards).
+    c1 = _palette([s.bg_colour for s in scenes]).view(b, 3, 1, 1) * 0.6 + 0.22
     dark = c1 * 0.45
     light = c1 * 0.5 + 0.5
     # Dark colours get a lighter second tone so the pattern stays visible.
