@@ -149,6 +149,77 @@ def table(rows: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
+def card_text(name: str, weights: Path, run_dir: Path, eval_block: str, notes: str = "") -> str:
+    """The whole model card: what it is, data, training facts read from the run, accuracy."""
+    from world.scene import HELDOUT
+    from world.train_clip import CONFIG_DIR
+
+    cfg = json.loads((CONFIG_DIR / f"{name}.json").read_text())
+    done = json.loads((run_dir / "done.json").read_text()) if (run_dir / "done.json").exists() else {}
+    args = json.loads((run_dir / "args.json").read_text()) if (run_dir / "args.json").exists() else {}
+    v, t = cfg["vision_cfg"], cfg["text_cfg"]
+    tower = (f"ViT, {v['layers']} layers, width {v['width']}, patch {v['patch_size']}"
+             if v.get("patch_size") else f"open_clip ModifiedResNet, width {v['width']}, layers {v['layers']}")
+    held = ", ".join(f"{c} {s}" for s, c in sorted(HELDOUT))
+    cmd = (f"python -m world.train_clip --model {name} --steps {args.get('steps')} --batch-size "
+           f"{args.get('batch_size')} --lr {args.get('lr')} --max-minutes {args.get('max_minutes')} "
+           f"--warmup {args.get('warmup')} --threads {args.get('threads')} --seed {args.get('seed')} "
+           f"--out {run_dir}") if args else "(run directory not found)"
+    size = weights.stat().st_size / 1e6 if weights.exists() else float("nan")
+    return f"""# {name}
+
+A small CLIP trained from scratch on the project's procedural captioned world
+(`world/scene.py`), so that guidance and tests have a model that really knows
+what "a red circle", "striped", "backlit" mean.  It knows nothing outside that
+world.
+
+## Use
+
+```python
+import open_clip
+open_clip.add_model_config("world/model_configs")
+model, _, preprocess = open_clip.create_model_and_transforms(
+    "{name}", pretrained="world/models/{name}.safetensors")
+tokenizer = open_clip.get_tokenizer("{name}")  # open_clip's BPE, context {t['context_length']}
+```
+
+Images: 64 x 64, open_clip's default (OpenAI) mean/std.  Weights: fp16
+safetensors, keys exactly `model.state_dict()`, {size:.1f} MB.
+
+## Architecture
+
+- image tower: {tower}, image size {v['image_size']}
+- text tower: transformer, {t['layers']} layers, width {t['width']}, {t['heads']} heads,
+  open_clip's 49,408-token vocabulary (prompts tokenize as with published CLIPs)
+- embedding dimension {cfg['embed_dim']}; {done.get('params', 0) / 1e6:.2f} M parameters
+
+## Data
+
+Rendered on the fly, deterministic per seed: one (75 %) or two objects; shapes,
+11 colours, 2 sizes, 5 positions (or a left-of / above relation for two
+objects), 5 muted background patterns with a colour, 3 lightings (bright,
+dark, backlit = brightened background and under-exposed object).  Captions come
+from many templates naming random subsets of the attributes.  Batches are made
+of groups of 4 scenes that differ from a base scene in one attribute (hard
+negatives; for two objects also swapped colours), with captions that name the
+varied attributes.  Held out of training: {held}.
+
+## Training
+
+- loss: `open_clip.loss.ClipLoss`; AdamW (wd 0.1, none on embeddings, gains,
+  biases), warmup then cosine decay, also annealed by a wall-clock budget
+- command: `{cmd}`
+- steps done: {done.get('steps', '?')} (batch {args.get('batch_size', '?')}), wall time
+  {done.get('minutes', float('nan')):.1f} min on 2 CPU cores shared with other jobs; CPU time
+  {done.get('cpu_minutes', float('nan')):.1f} min (training process and data worker)
+
+## Accuracy
+
+{eval_block}
+{notes}
+"""
+
+
 def main(argv: list[str] | None = None) -> None:
     from world.train_clip import MODELS_DIR, create
 
@@ -160,6 +231,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--write-card", action="store_true", help="put the table into world/models/<model>.md")
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--run-dir", type=Path, default=None, help="training run (default runs/<model>)")
+    p.add_argument("--notes", type=Path, default=None, help="markdown appended to the card")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     weights = a.pretrained or str(MODELS_DIR / f"{a.model}.safetensors")
@@ -173,14 +246,13 @@ def main(argv: list[str] | None = None) -> None:
         a.json.write_text(json.dumps(rows, indent=1))
     if a.write_card:
         card = MODELS_DIR / f"{a.model}.md"
-        body = card.read_text() if card.exists() else f"# {a.model}\n"
-        start, end = "<!-- eval:start -->", "<!-- eval:end -->"
-        block = f"{start}\n{text}\n\n({a.n} scenes per set; `python -m world.eval_clip --model {a.model}`)\n{end}"
-        if start in body and end in body:
-            body = body[:body.index(start)] + block + body[body.index(end) + len(end):]
-        else:
-            body = body.rstrip() + "\n\n## Accuracy\n\n" + block + "\n"
-        card.write_text(body)
+        block = (f"{text}\n\nColumns: evaluation sets of {a.n} scenes from the held-out combinations "
+                 "and from the training distribution (unseen images).  Rows: zero-shot accuracy per "
+                 "attribute with full prompts, image->text retrieval among the distinct canonical "
+                 "captions, zero-shot with short prompts naming one attribute.  Measured by "
+                 f"`python -m world.eval_clip --model {a.model} --n {a.n}`.")
+        notes = a.notes.read_text() if a.notes else ""
+        card.write_text(card_text(a.model, Path(weights), a.run_dir or Path("runs") / a.model, block, notes))
         print(f"wrote {card}")
 
 

@@ -16,6 +16,7 @@ import argparse
 import json
 import math
 import random
+import resource
 import time
 from pathlib import Path
 
@@ -65,11 +66,18 @@ def save_fp16(model: torch.nn.Module, path: Path) -> None:
     save_file(sd, str(path), metadata={"format": "pt"})
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process and its finished children (wall time lies on shared cores)."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def _save_checkpoint(out: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, step: int,
-                     elapsed: float) -> None:
+                     elapsed: float, cpu: float) -> None:
     sd = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
     save_file(sd, str(out / "last.tmp.safetensors"))
-    torch.save({"optimizer": opt.state_dict(), "step": step, "elapsed": elapsed}, out / "last.tmp.pt")
+    torch.save({"optimizer": opt.state_dict(), "step": step, "elapsed": elapsed, "cpu": cpu},
+               out / "last.tmp.pt")
     (out / "last.tmp.safetensors").replace(out / "last.safetensors")
     (out / "last.tmp.pt").replace(out / "last.pt")
 
@@ -112,12 +120,15 @@ def main(argv: list[str] | None = None) -> None:
     other = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": a.wd},
                              {"params": other, "weight_decay": 0.0}], lr=a.lr, betas=(0.9, 0.98), eps=1e-6)
-    step, elapsed = 0, 0.0
+    step, elapsed, cpu0 = 0, 0.0, 0.0
     if a.resume and (out / "last.pt").exists():
         model.load_state_dict(load_file(str(out / "last.safetensors")))
         state = torch.load(out / "last.pt", weights_only=True)
         opt.load_state_dict(state["optimizer"])
         step, elapsed = int(state["step"]), float(state["elapsed"])
+        # runs checkpointed before CPU time was tracked: count their main process at
+        # about 0.34 CPU-s per step (main + data worker, measured with ps)
+        cpu0 = float(state.get("cpu", 0.34 * step))
         print(f"resumed from {out} at step {step}", flush=True)
     (out / "args.json").write_text(json.dumps({k: str(v) for k, v in vars(a).items()}, indent=1))
 
@@ -150,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
         bar.update(1)
         bar.set_postfix(loss=f"{ema:.3f}", scale=f"{model.logit_scale.exp().item():.1f}")
         if step % a.ckpt_every == 0 or step == a.steps:
-            _save_checkpoint(out, model, opt, step, time.time() - t0)
+            _save_checkpoint(out, model, opt, step, time.time() - t0, cpu0 + cpu_seconds())
         if a.eval_every and (step % a.eval_every == 0 or step == a.steps):
             from world.eval_clip import evaluate
             model.eval()
@@ -161,10 +172,12 @@ def main(argv: list[str] | None = None) -> None:
             with open(out / "evals.jsonl", "a") as f:
                 f.write(json.dumps({"step": step, "minutes": (time.time() - t0) / 60, **res}) + "\n")
     bar.close()
-    _save_checkpoint(out, model, opt, step, time.time() - t0)
+    _save_checkpoint(out, model, opt, step, time.time() - t0, cpu0 + cpu_seconds())
     minutes = (time.time() - t0) / 60
     save_fp16(model, final)
-    (out / "done.json").write_text(json.dumps({"steps": step, "minutes": minutes, "params": n_params}))
+    cpu_min = (cpu0 + cpu_seconds()) / 60
+    (out / "done.json").write_text(json.dumps({"steps": step, "minutes": minutes, "cpu_minutes": cpu_min,
+                                               "params": n_params}))
     print(f"done: {step} steps in {minutes:.1f} min -> {final} ({final.stat().st_size / 1e6:.1f} MB)",
           flush=True)
 
