@@ -232,3 +232,24 @@ def test_split_is_exact_for_resnet_and_vit_towers(clip):
         assert split.post_relu == (split.kind == "resnet")
         feats = ClipEarlyFeatures(model)(x)
         assert len(feats) == 2 and feats[0].shape[0] == 1
+
+
+def test_style_presets_are_complete_and_shared_keys_carry_over():
+    from dataclasses import fields
+
+    from generators.style import PodaSettings, StylizeSettings, list_presets, load_preset
+    from generators.style.presets import read_preset
+
+    names = list_presets()
+    assert len(names) >= 5
+    for name in names:
+        method, values = read_preset(name)
+        assert method == "clipstyler"
+        assert set(values) == {f.name for f in fields(ClipStylerSettings)}  # every key written out
+        ClipStylerSettings(**load_preset(name)).validate()
+        ff = load_preset(name, "stylize")
+        assert set(ff) == {"prompt", "seed", "size"} and ff["prompt"] == values["prompt"]
+        StylizeSettings(**ff).validate()
+        PodaSettings(**load_preset(name, "poda")).validate()  # no clipstyler lr/steps leak into PODA
+    with pytest.raises(ParameterError):
+        load_preset("no-such-style")
