@@ -216,6 +216,13 @@ def test_folder_cli_resumes_and_never_touches_inputs(tmp_path, capsys):
     mtimes = [p.stat().st_mtime_ns for p in outs]
     assert cli_main(args) == 0 and "skipped 2" in capsys.readouterr().err
     assert [p.stat().st_mtime_ns for p in outs] == mtimes
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    Image.open(src / "im0.jpg").save(refs / "im0.png")  # a "reference" equal to the input
+    assert cli_main(args + ["--output", str(tmp_path / "scored"), "--reference", str(refs)]) == 0
+    scored = read_settings(tmp_path / "scored" / "im0.png")["record"]
+    assert 5 < scored["psnr"] < 60 and 0 < scored["ssim"] < 1
+    assert "psnr" not in read_settings(tmp_path / "scored" / "im1.png")["record"]  # no reference for im1
     with pytest.raises(SystemExit, match="other settings"):
         cli_main(args + ["--strength", "0.5"])
     with pytest.raises(SystemExit, match="must differ"):

@@ -15,11 +15,14 @@ import argparse
 import sys
 from pathlib import Path
 
+from PIL import Image
 from tqdm import tqdm
 
-from guidance.images import read_settings, save_image
+from guidance.images import pil_to_tensor, read_settings, save_image
 
 from .api import enhance, preset_settings
+from .api import load_image as load_image_tensor
+from .metrics import psnr, ssim
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
@@ -34,6 +37,17 @@ def settings_of(path: Path) -> dict | None:
         return read_settings(path).get("settings")
     except (OSError, ValueError):
         return None
+
+
+def reference_metrics(image: Image.Image, folder: Path, stem: str) -> dict:
+    """PSNR / SSIM of the saved 8-bit result against ``folder/<stem>.*`` when that reference exists (same size)."""
+    refs = [p for p in list_images(folder) if p.stem == stem] if folder.is_dir() else []
+    if not refs:
+        return {}
+    out, ref = pil_to_tensor(image), load_image_tensor(refs[0])
+    if out.shape != ref.shape:
+        return {"reference_error": f"size {tuple(ref.shape[-2:])} differs from the result's {tuple(out.shape[-2:])}"}
+    return {"reference": str(refs[0]), "psnr": round(psnr(out, ref), 3), "ssim": round(ssim(out, ref), 4)}
 
 
 def plan(inputs: list[Path], out_dir: Path) -> list[tuple[Path, Path]]:
@@ -61,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tile", default="auto", help="tile core size in pixels, 'none', or 'auto' (default)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--overwrite", action="store_true", help="redo outputs made with other settings")
+    ap.add_argument("--reference", type=Path, default=None,
+                    help="folder of well-lit references (same file stem): adds PSNR and SSIM to each record")
     args = ap.parse_args(argv)
 
     if not args.input.is_dir():
@@ -76,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     inputs = list_images(args.input)
     args.output.mkdir(parents=True, exist_ok=True)
     done = skipped = 0
+    scores: list[float | None] = []
     for src, dst in tqdm(plan(inputs, args.output), desc="enhance", unit="img"):
         if dst.exists() and not args.overwrite:
             old = settings_of(dst)
@@ -86,9 +103,16 @@ def main(argv: list[str] | None = None) -> int:
         image, record = enhance(src, settings["checkpoint"], tile=tile, strength=settings["strength"],
                                 device=args.device)
         record["input"] = str(src)
+        if args.reference is not None:
+            record.update(reference_metrics(image, args.reference, src.stem))
+            scores.append(record.get("psnr"))
         save_image(image, dst, {"settings": settings, "record": record}, protect=tuple(inputs))
         done += 1
     print(f"enhanced {done}, skipped {skipped} already done, into {args.output}", file=sys.stderr)
+    measured = [x for x in scores if x is not None]
+    if measured:
+        print(f"mean PSNR {sum(measured) / len(measured):.2f} dB over {len(measured)} images with references",
+              file=sys.stderr)
     return 0
 
 

@@ -27,6 +27,8 @@ from guidance import losses
 from guidance.clip import ClipModel
 from guidance.errors import CheckpointError, ParameterError
 
+from .metrics import pair_probability
+
 LOGIT_SCALE = 100.0
 MARGINS = (0.9, 0.2)  # large margin backlit->enhanced, small margin enhanced->well-lit (the paper's 0.9, 0.2)
 
@@ -116,8 +118,7 @@ def load_prompt_pair(path: str | os.PathLike, clip: ClipModel) -> nn.Module:
 
 def welllit_probability(pair: nn.Module, image_emb: Tensor, logit_scale: float = LOGIT_SCALE) -> Tensor:
     """Softmax probability of the positive prompt for each image embedding (B,): CLIP's "well-lit" score."""
-    pos, neg = pair.text_features()
-    return losses.prompt_pair_logits(image_emb, pos, neg, logit_scale).softmax(-1)[..., 0]
+    return pair_probability(image_emb, *pair.text_features(), logit_scale)
 
 
 def separation(pair: nn.Module, backlit_emb: Tensor, welllit_emb: Tensor) -> float:

@@ -1,14 +1,18 @@
 """Image statistics and quality metrics for backlit enhancement.
 
-Luminance statistics need no reference; PSNR and SSIM (kornia) need a well-lit reference of the same scene. The CLIP
-well-lit score lives with the CLIP methods (``clip_lit.welllit_score``) since it needs a CLIP model.
+Luminance statistics need no reference; PSNR and SSIM (kornia) need a well-lit reference of the same scene; the CLIP
+well-lit score needs a CLIP (and optionally a learned prompt pair).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import kornia
 import torch
 from torch import Tensor
+
+from guidance import losses
 
 # Rec. 709 luma weights on the encoded (sRGB) values, as image editors report brightness.
 LUMA = (0.2126, 0.7152, 0.0722)
@@ -47,3 +51,22 @@ def psnr(x: Tensor, ref: Tensor) -> float:
 def ssim(x: Tensor, ref: Tensor, window: int = 11) -> float:
     """Mean SSIM against a reference in [0, 1]."""
     return kornia.metrics.ssim(x.clamp(0, 1), ref.clamp(0, 1), window).mean().item()
+
+
+WELLLIT_PROMPTS = ("a well-lit photo", "a backlit photo")
+
+
+def pair_probability(image_emb: Tensor, positive: Tensor, negative: Tensor, logit_scale: float = 100.0) -> Tensor:
+    """Softmax probability of the positive of a (positive, negative) text pair for each image embedding."""
+    return losses.prompt_pair_logits(image_emb, positive, negative, logit_scale).softmax(-1)[..., 0]
+
+
+@torch.no_grad()
+def clip_welllit_score(clip, images: Tensor, pair=None, prompts: Sequence[str] = WELLLIT_PROMPTS) -> Tensor:
+    """Per image, CLIP's probability (logit scale 100) that it is well-lit rather than backlit.
+
+    ``pair``: a learned prompt pair (``clip_lit.TokenPromptPair`` / ``rave.LatentPromptPair``); without one, the two
+    text ``prompts`` (positive first) are used, which needs a CLIP that reads text (a real or world CLIP).
+    """
+    pos, neg = pair.text_features() if pair is not None else clip.encode_text(list(prompts))
+    return pair_probability(clip.encode_image(images), pos, neg)
