@@ -84,7 +84,7 @@ def bench_training(clip_name: str, clip_weights: str | None, steps: int, size: i
     a, b = synthetic_pairs(32, size + 16, seed=0), synthetic_pairs(32, size + 16, seed=1)
     data = UnpairedData(ImagePool.from_tensor(a.backlit), ImagePool.from_tensor(b.welllit))
     val = synthetic_pairs(16, size, seed=2)
-    subject = val.mask > 0.5
+    subject, background = val.mask > 0.5, val.mask < 0.01
     start, goal = luma(val.backlit)[subject].mean().item(), luma(val.welllit)[subject].mean().item()
     target = start + target_frac * (goal - start)
     results = {"clip": clip_name, "clip_weights": clip_weights, "size": size, "enhance_steps": steps,
@@ -103,9 +103,11 @@ def bench_training(clip_name: str, clip_weights: str | None, steps: int, size: i
             enhance_steps += values["phase"] == "enhance"
             if values["phase"] == "enhance" and enhance_steps % eval_every == 0:
                 with torch.no_grad():
-                    lifted = luma(trainer.enhance(val.backlit))[subject].mean().item()
-                curve.append((trainer.step, round(elapsed, 2), round(lifted, 4), round(values["loss"], 4)))
-                if reached is None and lifted >= target:
+                    y = luma(trainer.enhance(val.backlit))
+                lifted, clipped = y[subject].mean().item(), (y[background] > 0.99).float().mean().item()
+                curve.append((trainer.step, round(elapsed, 2), round(lifted, 4), round(clipped, 3),
+                              round(values["loss"], 4)))
+                if reached is None and lifted >= target and clipped < 0.02:
                     reached = round(elapsed, 2)
         results[method] = {"seconds_to_target": reached, "total_seconds": round(elapsed, 2),
                            "steps": trainer.step, "curve": curve}

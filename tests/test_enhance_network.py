@@ -228,6 +228,12 @@ def test_folder_cli_resumes_and_never_touches_inputs(tmp_path, capsys):
     with pytest.raises(SystemExit, match="must differ"):
         cli_main(["--input", str(src), "--output", str(src)])
     assert {p.name: p.read_bytes() for p in src.iterdir()} == before
+    clash = tmp_path / "clash"
+    clash.mkdir()
+    for name in ("a.jpg", "a.png"):
+        (clash / name).write_bytes((src / "im0.jpg").read_bytes())
+    with pytest.raises(SystemExit, match="same output"):
+        cli_main(["--input", str(clash), "--output", str(tmp_path / "clash-out")])
     assert not [p for p in dst.iterdir() if p.name.startswith(".")]  # no temporary files left
 
 

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from generators.enhance import checkpoints
 from generators.enhance.api import enhance_image_tensor
 from generators.enhance.clip_lit import (
+    BacklitProbabilityTerm,
     TokenPromptPair,
     encode_token_embeddings,
     load_prompt_pair,
@@ -125,6 +126,10 @@ def test_metrics_psnr_ssim_and_clip_welllit_score(clip, pairs):
     pair = LatentPromptPair(clip.embed_dim, torch.Generator().manual_seed(2))
     score = clip_welllit_score(clip, a.welllit, pair)
     torch.testing.assert_close(score, welllit_probability(pair, image_embeddings(clip, a.welllit)))
+    pos, neg = pair.text_features()
+    term = BacklitProbabilityTerm(positive=pos, negative=neg)  # CLIP-LIT's bounded enhancement loss
+    emb = image_embeddings(clip, a.welllit)
+    assert term(emb, None, a.welllit, {}).item() == pytest.approx(1 - score.mean().item(), abs=1e-6)
     text = clip_welllit_score(clip, a.welllit)  # the default text prompts
     assert text.shape == (16,) and ((text >= 0) & (text <= 1)).all()
 

@@ -18,17 +18,14 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
+from generators.style.batch import plan  # (input, output) pairs, refusing outputs that would hit inputs
+from guidance.errors import ParameterError
 from guidance.images import pil_to_tensor, read_settings, save_image
 
 from .api import enhance, preset_settings
 from .api import load_image as load_image_tensor
+from .data import list_images
 from .metrics import psnr, ssim
-
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
-
-
-def list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
 
 
 def settings_of(path: Path) -> dict | None:
@@ -41,28 +38,13 @@ def settings_of(path: Path) -> dict | None:
 
 def reference_metrics(image: Image.Image, folder: Path, stem: str) -> dict:
     """PSNR / SSIM of the saved 8-bit result against ``folder/<stem>.*`` when that reference exists (same size)."""
-    refs = [p for p in list_images(folder) if p.stem == stem] if folder.is_dir() else []
+    refs = [p for p in list_images(folder, required=False) if p.stem == stem]
     if not refs:
         return {}
     out, ref = pil_to_tensor(image), load_image_tensor(refs[0])
     if out.shape != ref.shape:
         return {"reference_error": f"size {tuple(ref.shape[-2:])} differs from the result's {tuple(out.shape[-2:])}"}
     return {"reference": str(refs[0]), "psnr": round(psnr(out, ref), 3), "ssim": round(ssim(out, ref), 4)}
-
-
-def plan(inputs: list[Path], out_dir: Path) -> list[tuple[Path, Path]]:
-    """(input, output) pairs; refuses any output that would land on an input or collide with another output."""
-    in_set = {p.resolve() for p in inputs}
-    pairs, seen = [], set()
-    for p in inputs:
-        out = out_dir / f"{p.stem}.png"
-        if out.resolve() in in_set:
-            raise SystemExit(f"refusing to write {out}: it is an input file")
-        if out in seen:
-            raise SystemExit(f"two inputs map to the same output {out} (same name, different extension)")
-        seen.add(out)
-        pairs.append((p, out))
-    return pairs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,11 +71,15 @@ def main(argv: list[str] | None = None) -> int:
         "checkpoint": args.checkpoint or preset.get("checkpoint", "clip-lit"),
         "strength": args.strength if args.strength is not None else float(preset.get("strength", 1.0)),
     }
-    inputs = list_images(args.input)
+    inputs = list_images(args.input, required=False)
     args.output.mkdir(parents=True, exist_ok=True)
     done = skipped = 0
     scores: list[float | None] = []
-    for src, dst in tqdm(plan(inputs, args.output), desc="enhance", unit="img"):
+    try:
+        pairs = plan(inputs, args.output)
+    except ParameterError as e:
+        raise SystemExit(str(e)) from e
+    for src, dst in tqdm(pairs, desc="enhance", unit="img"):
         if dst.exists() and not args.overwrite:
             old = settings_of(dst)
             if old == settings:

@@ -18,6 +18,7 @@ Prompt modules expose ``text_features() -> (positive, negative)`` unit vectors, 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +27,7 @@ from torch import Tensor, nn
 from guidance import losses
 from guidance.clip import ClipModel
 from guidance.errors import CheckpointError, ParameterError
+from guidance.guide import Term
 
 from .metrics import pair_probability
 
@@ -81,6 +83,23 @@ class TokenPromptPair(nn.Module):
         """(positive, negative) unit text features (D,), differentiable w.r.t. the token embeddings."""
         feats = encode_token_embeddings(self.clip, self.embedding_prompt, self.tokens.to(self.embedding_prompt.device))
         return feats[1], feats[0]
+
+
+@dataclass(eq=False)
+class BacklitProbabilityTerm(Term):
+    """CLIP-LIT's enhancement loss as published: the mean softmax probability of the *negative* (backlit) prompt.
+
+    Bounded in [0, 1], unlike the cross-entropy of ``guidance.guide.PromptPairTerm`` (-log p_positive), whose
+    gradient keeps growing as an image already scores well-lit and, with a short run, pushes outputs to white.
+    """
+
+    positive: Tensor | None = None
+    negative: Tensor | None = None
+    logit_scale: float = LOGIT_SCALE
+    name: str = "prompt_pair"
+
+    def __call__(self, emb, src_emb, images, ctx):
+        return 1 - pair_probability(emb, self.positive.to(emb), self.negative.to(emb), self.logit_scale).mean()
 
 
 def load_prompt_pair(path: str | os.PathLike, clip: ClipModel) -> nn.Module:

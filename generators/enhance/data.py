@@ -22,14 +22,17 @@ from guidance.images import load_image, pil_to_tensor
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
 
-def list_images(folder: str | os.PathLike) -> list[Path]:
-    """Image files directly inside ``folder``, sorted (so the pool's order, and a seeded run, is reproducible)."""
+def list_images(folder: str | os.PathLike, required: bool = True) -> list[Path]:
+    """Image files directly inside ``folder``, sorted (so a pool's order, and a seeded run, is reproducible).
+
+    ``required``: a missing or empty folder is an error (else an empty list).
+    """
     folder = Path(folder)
-    if not folder.is_dir():
-        raise ParameterError(f"image folder {folder} does not exist")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
-    if not files:
-        raise ParameterError(f"no images ({', '.join(sorted(IMAGE_EXTS))}) in {folder}")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS) \
+        if folder.is_dir() else []
+    if required and not files:
+        what = "does not exist" if not folder.is_dir() else f"holds no images ({', '.join(sorted(IMAGE_EXTS))})"
+        raise ParameterError(f"image folder {folder} {what}")
     return files
 
 

@@ -30,7 +30,7 @@ from guidance.errors import ParameterError
 from guidance.guide import Guide, PromptPairTerm
 
 from . import checkpoints
-from .clip_lit import TokenPromptPair, margin_ranking_loss, prompt_init_loss, separation
+from .clip_lit import BacklitProbabilityTerm, TokenPromptPair, margin_ranking_loss, prompt_init_loss, separation
 from .content import ContentTerm
 from .data import ImagePool, UnpairedData
 from .metrics import luma
@@ -62,12 +62,15 @@ class TrainConfig:
     prompt_steps: int = 30  # prompt methods: margin refinement after each enhancement round but the last
     rounds: int = 2
     n_tokens: int = 16
+    prompt_loss: str = "probability"  # enhancement loss of prompt methods: the paper's p(backlit) or "cross_entropy"
     seed: int = 0
     save_every: int = 50
 
     def validate(self) -> TrainConfig:
         if self.method not in METHODS:
             raise ParameterError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.prompt_loss not in ("probability", "cross_entropy"):
+            raise ParameterError(f"prompt_loss must be 'probability' or 'cross_entropy', got {self.prompt_loss!r}")
         if self.size < 16 or self.batch < 1 or self.steps < 1 or self.rounds < 1:
             raise ParameterError("size >= 16, batch >= 1, steps >= 1 and rounds >= 1 are needed")
         return self
@@ -171,7 +174,8 @@ class Trainer:
             else:
                 with torch.no_grad():
                     pos, neg = self.prompts.text_features()
-                term = PromptPairTerm(weight=w, positive=pos.detach(), negative=neg.detach())
+                kind = BacklitProbabilityTerm if self.config.prompt_loss == "probability" else PromptPairTerm
+                term = kind(weight=w, positive=pos.detach(), negative=neg.detach())
             self._guide = (phase, Guide(self.clip, [term, self.content], generator=self.generator))
         return self._guide[1]
 
