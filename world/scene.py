@@ -373,7 +373,7 @@ def _mentions(g: torch.Generator, must: frozenset[str]) -> set[str]:
     elif r < 0.45:
         chosen = {_choice(g, names)}
     else:
-        p = {"colour": 0.75, "shape": 0.75, "size": 0.4, "position": 0.4,
+        p = {"colour": 0.75, "shape": 0.9, "size": 0.4, "position": 0.6,
              "background": 0.35, "bg_colour": 0.3, "lighting": 0.35}
         chosen = {n for n in names if float(torch.rand((), generator=g)) < p[n]}
     return chosen | set(must)
