@@ -8,7 +8,15 @@ Modules: ``network`` (the net), ``checkpoints`` (published names, loading, safet
 ``data``, ``synthetic``, ``train`` (training CLI), ``metrics``.
 """
 
-from generators.enhance.api import enhance, enhance_image_tensor, enhance_pair
-from generators.enhance.checkpoints import PUBLISHED, load_network
+import importlib
 
-__all__ = ["PUBLISHED", "enhance", "enhance_image_tensor", "enhance_pair", "load_network"]
+_EXPORTS = {"enhance": "api", "enhance_image_tensor": "api", "enhance_pair": "api", "PUBLISHED": "checkpoints",
+            "load_network": "checkpoints"}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    """Lazy exports, so ``python -m generators.enhance.<module>`` does not import that module twice."""
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

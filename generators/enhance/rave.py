@@ -123,3 +123,38 @@ def shifted(clip: ClipModel, guidance: ResidualGuidance, candidates: Sequence[st
     r = F.normalize(r - d * (d @ r), dim=-1)
     pos = guidance.positive_mean.to(r)
     return ResidualGuidance(r, float(pos @ r), pos, guidance.negative_mean.to(r))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m generators.enhance.rave --backlit DIR --welllit DIR [--clip NAME --clip-weights PATH]``:
+    compute r from two folders, print the words nearest to it (both ends) and optionally save it."""
+    import argparse
+    import json
+
+    from safetensors.torch import save_file
+
+    from .data import UnpairedData
+    from .train import load_guide_clip
+
+    ap = argparse.ArgumentParser(prog="python -m generators.enhance.rave", description=main.__doc__.split(":")[0])
+    ap.add_argument("--backlit", required=True)
+    ap.add_argument("--welllit", required=True)
+    ap.add_argument("--clip", default="world-guide")
+    ap.add_argument("--clip-weights", default=None)
+    ap.add_argument("--size", type=int, default=224, help="centre crop side the images are encoded at")
+    ap.add_argument("--words", default=None, help="text file of candidate prompts, one a line (default: vocabulary)")
+    ap.add_argument("-k", type=int, default=15)
+    ap.add_argument("--save", default=None, help="write r, its threshold and the two means to this .safetensors")
+    args = ap.parse_args(argv)
+    clip = load_guide_clip(args.clip, args.clip_weights)
+    data = UnpairedData.from_folders(args.backlit, args.welllit, args.size)
+    rg = ResidualGuidance.from_images(clip, data.backlit.all(), data.welllit.all())
+    words = [w.strip() for w in open(args.words, encoding="utf-8") if w.strip()] if args.words else None
+    print(json.dumps({"threshold": rg.threshold, **nearest_prompts(clip, rg.vector, words, args.k)}, indent=1))
+    if args.save:
+        save_file({k: v.contiguous() for k, v in rg.tensors().items()}, args.save, metadata={"clip": args.clip})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
