@@ -60,7 +60,7 @@ def test_clipstyler_guide_threshold_controls_kept_patches(clip):
     kept, patch = {}, {}
 
     def run(t: float) -> None:
-        s = ClipStylerSettings(prompt="fire", threshold=t, crop_size=32, num_crops=16).validate()
+        s = ClipStylerSettings(prompt="fire", threshold=t, crop_size=32, num_crops=16, content_net="clip").validate()
         g = build_guide(s, clip, content, torch.Generator().manual_seed(3))  # same seed: the same patches
         v = g(out).values
         kept[t], patch[t] = v["patch_kept"], v["patch"]
@@ -77,11 +77,11 @@ def test_clipstyler_guide_threshold_controls_kept_patches(clip):
 
 def test_clipstyler_steps_lower_the_total_loss_and_record_content_features(clip):
     content = photo(4)
-    res = clipstyler(content, clip=clip, prompt="fire", steps=12, lr=2e-3, **SMALL)
+    res = clipstyler(content, clip=clip, prompt="fire", steps=12, lr=2e-3, content_net="clip", **SMALL)
     assert res.settings["content_features"] == "clip-early-layers"
     assert res.settings["content_layers"] == ["block1", "block2"]
     assert res.images.shape == (1, 3, 64, 64) and 0 <= res.images.min() and res.images.max() <= 1
-    s = ClipStylerSettings(prompt="fire", crop_size=32, num_crops=8, size=64)
+    s = ClipStylerSettings(prompt="fire", crop_size=32, num_crops=8, size=64, content_net="clip")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(s.seed)
         initial = StyleUNet(s.ngf)  # the network the run started from
@@ -253,3 +253,25 @@ def test_style_presets_are_complete_and_shared_keys_carry_over():
         PodaSettings(**load_preset(name, "poda")).validate()  # no clipstyler lr/steps leak into PODA
     with pytest.raises(ParameterError):
         load_preset("no-such-style")
+
+
+def test_content_network_uses_vgg19_only_when_its_weights_exist(clip, tmp_path, monkeypatch):
+    from torchvision.models import vgg19
+
+    from generators.style.features import Vgg19ContentFeatures, content_network
+    from guidance.errors import WeightsNotFoundError
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))  # an empty cache: no VGG here
+    assert isinstance(content_network(clip, "auto"), ClipEarlyFeatures)
+    with pytest.raises(WeightsNotFoundError, match="VGG19"):
+        content_network(clip, "vgg19")
+    path = tmp_path / "vgg19.pth"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        torch.save(vgg19(weights=None).features[:31].state_dict(), path)  # torchvision's keys, random values
+    net = content_network(clip, "auto", path)
+    assert isinstance(net, Vgg19ContentFeatures) and not net.relative
+    feats = net(photo(19, 64, 64))
+    assert [f.shape[1:] for f in feats] == [(512, 8, 8), (512, 4, 4)]  # conv4_2 at 1/8, conv5_2 at 1/16
+    res = clipstyler(photo(19), clip=clip, steps=1, content_weights=str(path), **SMALL)
+    assert res.settings["content_features"] == "vgg19-conv4_2-conv5_2"

@@ -75,7 +75,8 @@ def test_batch_never_writes_into_the_input_folder(photos):
 def test_cli_clipstyler_optimise_save_resume_and_fast_mode(photos, tmp_path, capsys):
     out, nets = tmp_path / "cs", tmp_path / "nets"
     args = ["clipstyler", "--input", str(photos), "--output", str(out), "--preset", "van-gogh", "--size", "64",
-            "--steps", "2", "--crop-size", "32", "--num-crops", "4", "--save-networks", str(nets), *TINY]
+            "--steps", "2", "--crop-size", "32", "--num-crops", "4", "--content-net", "clip",
+            "--save-networks", str(nets), *TINY]
     assert main(args) == 0
     assert "3 done" in capsys.readouterr().err
     rec = read_settings(out / f"{PHOTOS[0].stem}.png")

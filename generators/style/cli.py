@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--threshold", type=float)
     for name in ("lambda_patch", "lambda_dir", "lambda_c", "lambda_tv"):
         c.add_argument(f"--{name.replace('_', '-')}", dest=name, type=float)
+    c.add_argument("--content-net", dest="content_net", choices=("auto", "vgg19", "clip"),
+                   help="content features: VGG19 (paper) when its weights are here ('auto'), or CLIP's early layers")
+    c.add_argument("--content-weights", dest="content_weights", help="VGG19 checkpoint file (torchvision format)")
     c.add_argument("--save-networks", type=Path, help="folder to save each trained network as NAME.safetensors")
     c.add_argument("--network", type=Path, help="fast mode: apply this saved network instead of optimising")
 

@@ -4,8 +4,9 @@ Loss = lambda_patch * patch-wise directional loss (64 random 128 px crops, persp
 loss is already under the threshold 0.7 rejected) + lambda_dir * global directional loss ("a photo" -> prompt,
 ImageNet template ensembles, source = the whole content image) + lambda_c * content loss + lambda_tv * TV.
 Defaults are the paper's: 9000 / 500 / 150 / 2e-3, Adam lr 5e-4 halved every 100 steps, 200 steps, 512 px.
-The content loss uses VGG19 in the paper; no VGG weights exist here, so CLIP's early layers stand in and the
-result says so (``content_features``). The optimised network is kept: save it (safetensors) and re-apply it to
+The content loss uses VGG19 in the paper; it is used when torchvision's VGG19 weights are on the machine, and
+otherwise (as everywhere here: no VGG weights exist) CLIP's early layers stand in; the result says which
+(``content_features``). The optimised network is kept: save it (safetensors) and re-apply it to
 any image at any size in one forward pass (`apply_network`, "fast" mode).
 """
 
@@ -20,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from generators.style.features import CONTENT_FEATURES, ClipEarlyFeatures, content_loss
+from generators.style.features import content_loss, content_network
 from generators.style.network import StyleUNet, load_network, save_network
 from guidance.augment import PatchCrops
 from guidance.clip import DEFAULT_MODEL, ClipModel, get_clip
@@ -56,6 +57,8 @@ class ClipStylerSettings:
     lambda_tv: float = 2e-3
     ngf: int = 16
     templates: str = "imagenet"
+    content_net: str = "auto"  # "auto": VGG19 (the paper's) when its weights are here, else CLIP's early layers
+    content_weights: str | None = None
     model: str = DEFAULT_MODEL
     pretrained: str | None = None
 
@@ -80,6 +83,8 @@ class ClipStylerSettings:
             raise ParameterError(f"ngf={self.ngf} must be in 4..128")
         if self.templates not in TEMPLATE_SETS:
             raise ParameterError(f"templates='{self.templates}' must be one of {sorted(TEMPLATE_SETS)}")
+        if self.content_net not in ("auto", "vgg19", "clip"):
+            raise ParameterError(f"content_net='{self.content_net}' must be 'auto', 'vgg19' or 'clip'")
         PatchCrops(self.num_crops, self.crop_size, self.distortion)
         return self
 
@@ -100,13 +105,13 @@ def image_prior_tv(images: torch.Tensor) -> torch.Tensor:
 class ContentTerm(Term):
     """Content loss against fixed reference features (CLIP early layers at native resolution)."""
 
-    features: ClipEarlyFeatures | None = None
+    features: Any = None
     reference: list[torch.Tensor] | None = None
     name: str = "content"
     uses_clip = False
 
     def __call__(self, emb, src_emb, images, ctx):
-        return content_loss(self.features(images), self.reference)
+        return content_loss(self.features(images), self.reference, self.features.relative)
 
 
 @dataclass(eq=False)
@@ -131,7 +136,7 @@ def resize_long_side(image: torch.Tensor, size: int) -> torch.Tensor:
 def build_guide(s: ClipStylerSettings, clip: ClipModel, content: torch.Tensor, generator: torch.Generator) -> Guide:
     """The paper's four terms over one batched CLIP pass (patches + whole image)."""
     templates = TEMPLATE_SETS[s.templates]
-    features = ClipEarlyFeatures(clip)
+    features = content_network(clip, s.content_net, s.content_weights)
     with torch.no_grad():
         reference = [f.detach() for f in features(content)]
     return Guide(
@@ -193,8 +198,9 @@ def clipstyler(
     net.eval()
     with torch.no_grad():
         final = net(image).clamp(0, 1)
-    record = {"method": "clipstyler", **asdict(s), "clip": clip.name, "content_features": CONTENT_FEATURES,
-              "content_layers": guide.terms[2].features.layers}
+    content = guide.terms[2].features
+    record = {"method": "clipstyler", **asdict(s), "clip": clip.name, "content_features": content.name,
+              "content_layers": list(content.layers)}
     result = RunResult(final, record, history,
                        {"load_s": t_load, "optimise_s": seconds, "s_per_step": seconds / max(1, len(history))},
                        cancelled, extras={"network": net})

@@ -1,8 +1,9 @@
 """CLIP's image tower cut in two: early feature maps (content loss, PODA's low-level features) and the rest.
 
-CLIPstyler measures content with VGG19 conv4_2/conv5_2; no VGG weights exist on these machines, so the content
-network here is the CLIP image tower's own first stages, run at the image's native resolution (convolutions and,
-for ViTs, interpolated position embeddings), which keeps the spatial detail a 224 px (or 64 px) resize would lose.
+CLIPstyler measures content with VGG19 conv4_2/conv5_2; that is used when its weights are on the machine
+(`content_network`). No VGG weights exist on these machines, so the fallback content network is the CLIP image
+tower's own first stages, run at the image's native resolution (convolutions and, for ViTs, interpolated
+position embeddings), which keeps the spatial detail a 224 px (or 64 px) resize would lose.
 PODA splits a ResNet CLIP after ``layer1``: PIN restyles that map and the remaining layers embed it.
 Both ResNet (ModifiedResNet) and ViT towers of open_clip are supported.
 """
@@ -10,15 +11,19 @@ Both ResNet (ModifiedResNet) and ViT towers of open_clip are supported.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from guidance.clip import ClipModel
-from guidance.errors import ParameterError
+from guidance.errors import CheckpointError, ParameterError, WeightsNotFoundError
 
 CONTENT_FEATURES = "clip-early-layers"
+VGG_FEATURES = "vgg19-conv4_2-conv5_2"
+VGG_FILE = "vgg19-dcbb9e9d.pth"  # torchvision's ImageNet VGG19, as CLIPstyler uses
 
 
 def tower_kind(clip: ClipModel) -> str:
@@ -65,6 +70,52 @@ def _run_blocks(transformer, x: torch.Tensor, blocks) -> torch.Tensor:
     return x if transformer.batch_first else x.transpose(0, 1)
 
 
+def find_vgg_weights(path: str | os.PathLike | None = None) -> Path | None:
+    """A local VGG19 checkpoint: the given file, else torchvision's cache (torch hub dir); never downloads."""
+    if path is not None:
+        p = Path(path).expanduser()
+        if not p.is_file():
+            raise WeightsNotFoundError(f"VGG19 weights file not found: {p}")
+        return p
+    p = Path(torch.hub.get_dir()) / "checkpoints" / VGG_FILE
+    return p if p.is_file() else None
+
+
+class Vgg19ContentFeatures:
+    """CLIPstyler's own content network: VGG19 conv4_2 and conv5_2 (pre-ReLU), ImageNet normalisation.
+
+    Only built when its weights are on this machine; the loss on these features is the paper's plain MSE.
+    """
+
+    relative = False
+    name = VGG_FEATURES
+    layers = ["conv4_2", "conv5_2"]
+    _TAKE = (21, 30)
+
+    def __init__(self, weights: str | os.PathLike, device: torch.device | str = "cpu") -> None:
+        from torchvision.models import vgg19
+
+        state = torch.load(str(weights), map_location="cpu", weights_only=True)
+        state = {k.removeprefix("features."): v for k, v in state.items() if not k.startswith("classifier.")}
+        net = vgg19(weights=None).features[: self._TAKE[-1] + 1]
+        try:
+            net.load_state_dict({k: v for k, v in state.items() if int(k.split(".")[0]) <= self._TAKE[-1]})
+        except (RuntimeError, ValueError) as e:
+            raise CheckpointError(f"{weights} is not a torchvision VGG19 checkpoint: {e}") from e
+        self.net = net.to(device).eval().requires_grad_(False)
+        self.mean = torch.tensor([0.485, 0.456, 0.406], device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor([0.229, 0.224, 0.225], device=device).view(1, 3, 1, 1)
+
+    def __call__(self, images: torch.Tensor) -> list[torch.Tensor]:
+        x = (images - self.mean) / self.std
+        feats = []
+        for i, layer in enumerate(self.net):
+            x = layer(x)
+            if i in self._TAKE:
+                feats.append(x)
+        return feats
+
+
 @dataclass(eq=False)
 class ClipEarlyFeatures:
     """Content features from CLIP's first stages at native resolution (ResNet: layer1, layer2; ViT: blocks 1-2).
@@ -74,6 +125,8 @@ class ClipEarlyFeatures:
 
     clip: ClipModel
     depth: int = 2
+    relative = True
+    name = CONTENT_FEATURES
 
     def __post_init__(self) -> None:
         self.kind = tower_kind(self.clip)
@@ -106,15 +159,33 @@ class ClipEarlyFeatures:
         return feats
 
 
-def content_loss(features: list[torch.Tensor], reference: list[torch.Tensor]) -> torch.Tensor:
-    """Mean squared feature difference per layer, relative to the reference's mean square, summed over layers.
+def content_loss(features: list[torch.Tensor], reference: list[torch.Tensor], relative: bool = True) -> torch.Tensor:
+    """Mean squared feature difference per layer, summed over layers (the paper's loss with `relative=False`).
 
-    Relative so the paper's weight (150) means roughly the same for any CLIP, whose feature scales differ widely.
+    For CLIP features it is relative to the reference's mean square: CLIPs' feature scales differ by orders of
+    magnitude, and the paper's weight (150) was set for VGG's scale.
     """
     total = features[0].new_zeros(())
     for f, r in zip(features, reference):
-        total = total + (f - r).pow(2).mean() / r.pow(2).mean().clamp_min(1e-8)
+        err = (f - r).pow(2).mean()
+        total = total + (err / r.pow(2).mean().clamp_min(1e-8) if relative else err)
     return total
+
+
+def content_network(clip: ClipModel, choice: str = "auto", weights: str | os.PathLike | None = None):
+    """VGG19 when asked or when its weights are here ('auto'), otherwise CLIP's early layers."""
+    if choice not in ("auto", "vgg19", "clip"):
+        raise ParameterError(f"content_net='{choice}' must be 'auto', 'vgg19' or 'clip'")
+    if choice == "clip":
+        return ClipEarlyFeatures(clip)
+    found = find_vgg_weights(weights)
+    if found is not None:
+        return Vgg19ContentFeatures(found, clip.device)
+    if choice == "vgg19":
+        raise WeightsNotFoundError(
+            f"content_net='vgg19' needs torchvision's VGG19 weights ({VGG_FILE}) in "
+            f"{Path(torch.hub.get_dir()) / 'checkpoints'} or content_weights=PATH; no hub is reachable here")
+    return ClipEarlyFeatures(clip)
 
 
 @dataclass(eq=False)

@@ -24,7 +24,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from generators.style.clipstyler import TEMPLATE_SETS, image_prior_tv, resize_long_side
-from generators.style.features import CONTENT_FEATURES, ClipEarlyFeatures, content_loss
+from generators.style.features import content_loss, content_network
 from generators.style.network import TextStylizer, load_network, save_network
 from guidance import losses
 from guidance.augment import PatchCrops
@@ -134,7 +134,7 @@ def sample_batch(contents: list[torch.Tensor], size: int, batch: int, gen: torch
 
 def stylizer_losses(
     clip: ClipModel,
-    features: ClipEarlyFeatures,
+    features: Any,
     view: PatchCrops,
     content: torch.Tensor,
     output: torch.Tensor,
@@ -155,7 +155,7 @@ def stylizer_losses(
     direc = losses.directional_loss(src_emb, out_emb, source_text, target_text)
     with torch.no_grad():
         ref = [f.detach() for f in features(content)]
-    cont = content_loss(features(output), ref)
+    cont = content_loss(features(output), ref, features.relative)
     tv = image_prior_tv(output) / b
     total = s.lambda_patch * patch + s.lambda_dir * direc + s.lambda_c * cont + s.lambda_tv * tv
     values = {"patch": float(patch.detach()), "dir": float(direc.detach()), "content": float(cont.detach()),
@@ -223,8 +223,9 @@ def train_stylizer(
     if out.suffix != ".safetensors":
         raise ParameterError(f"the stylizer is saved as safetensors; use a .safetensors name, not {out.name}")
     clip = clip or get_clip(s.model, s.pretrained)
+    features = content_network(clip)  # VGG19 when its weights are here, else CLIP's early layers
     record = {"method": "train-stylizer", **asdict(s), "clip": clip.name, "text_dim": clip.embed_dim,
-              "content_features": CONTENT_FEATURES}
+              "content_features": features.name}
     data = load_contents(contents, int(s.size * 1.5))
     gen = torch.Generator().manual_seed(s.seed)
     with torch.random.fork_rng(devices=[]):
@@ -238,7 +239,7 @@ def train_stylizer(
     src_text = encode_prompt(clip, s.source, TEMPLATE_SETS[s.templates])
     targets = torch.stack([encode_prompt(clip, p, TEMPLATE_SETS[s.templates]) for p in s.prompts])
     conds = text_condition(clip, s.prompts, s.templates, s.source)
-    features, view = ClipEarlyFeatures(clip), PatchCrops(s.num_crops, s.crop_size, s.distortion)
+    view = PatchCrops(s.num_crops, s.crop_size, s.distortion)
     net.train()
     last: dict[str, torch.Tensor] = {}
 
