@@ -48,10 +48,10 @@ class WorldDataset(Dataset):
 
     def __init__(self, tokenizer: Callable | None = None, seed: int = 0, split: str = "train",
                  length: int = 10_000_000, group_size: int = 4, size: int = 64,
-                 noise: float = 0.02, normalized: bool = True) -> None:
+                 noise: float = 0.02, normalized: bool = True, single_attribute: float = 0.5) -> None:
         self.tokenizer, self.seed, self.split = tokenizer, seed, split
         self.length, self.group_size, self.size = length, group_size, size
-        self.noise, self.normalized = noise, normalized
+        self.noise, self.normalized, self.single_attribute = noise, normalized, single_attribute
 
     def __len__(self) -> int:
         return self.length
@@ -62,8 +62,14 @@ class WorldDataset(Dataset):
         scenes, varied = [base], set()
         names = list(_VARY_WEIGHTS)
         weights = torch.tensor([_VARY_WEIGHTS[n] for n in names])
+        # Half of the groups vary one attribute only (e.g. four shapes, all else
+        # equal): the loss inside such a group is about that attribute alone.
+        single = float(torch.rand((), generator=g)) < self.single_attribute
+        fixed = names[int(torch.multinomial(weights, 1, generator=g))]
+        tries = 0
         while len(scenes) < self.group_size:
-            attr = names[int(torch.multinomial(weights, 1, generator=g))]
+            tries += 1
+            attr = fixed if single and tries < 20 else names[int(torch.multinomial(weights, 1, generator=g))]
             new = vary(base, attr, g)
             if new is None or new in scenes or is_heldout(new) != (self.split == "heldout"):
                 continue
