@@ -29,7 +29,7 @@ from guidance.errors import ParameterError
 from guidance.guide import DirectionalTerm, Guide, PatchDirectionalTerm, Term
 from guidance.images import as_tensor
 from guidance.prompts import IMAGENET_TEMPLATES, PLAIN_TEMPLATES, parse_prompts
-from guidance.runs import CancelToken, RunResult, StepCallback, check_steps, run_steps
+from guidance.runs import CancelToken, RunResult, StepCallback, check_steps, resolve_settings, run_steps, timed
 
 TEMPLATE_SETS = {"plain": PLAIN_TEMPLATES, "imagenet": IMAGENET_TEMPLATES}
 NETWORK_KIND = "clipstyler-unet"
@@ -168,10 +168,8 @@ def clipstyler(
 
     `result.extras["network"]` is the trained `StyleUNet`; `save_to` also writes it as safetensors.
     """
-    s = ClipStylerSettings(**{**asdict(settings or ClipStylerSettings()), **overrides}).validate()
-    t0 = time.perf_counter()
-    clip = clip or get_clip(s.model, s.pretrained)
-    t_load = time.perf_counter() - t0
+    s = resolve_settings(ClipStylerSettings, settings, overrides)
+    clip, t_load = timed(lambda: clip or get_clip(s.model, s.pretrained))
     image = resize_long_side(as_tensor(content, clip.device)[:1], s.size)
     gen = torch.Generator().manual_seed(s.seed)
     with torch.random.fork_rng(devices=[]):
@@ -201,9 +199,7 @@ def clipstyler(
     content = guide.terms[2].features
     record = {"method": "clipstyler", **asdict(s), "clip": clip.name, "content_features": content.name,
               "content_layers": list(content.layers)}
-    result = RunResult(final, record, history,
-                       {"load_s": t_load, "optimise_s": seconds, "s_per_step": seconds / max(1, len(history))},
-                       cancelled, extras={"network": net})
+    result = RunResult.from_loop(final, record, history, seconds, cancelled, t_load, extras={"network": net})
     if save_to is not None:
         result.extras["network_path"] = str(save_network(net, save_to, NETWORK_KIND, record))
     return result

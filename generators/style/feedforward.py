@@ -32,7 +32,7 @@ from guidance.clip import DEFAULT_MODEL, ClipModel, get_clip
 from guidance.errors import CheckpointError, ParameterError
 from guidance.images import as_tensor, load_image
 from guidance.prompts import encode_prompt, parse_prompts
-from guidance.runs import CancelToken, RunResult, StepCallback, check_steps, run_steps
+from guidance.runs import CancelToken, RunResult, StepCallback, check_steps, resolve_settings, run_steps
 
 NETWORK_KIND = "text-stylizer"
 ROOT = Path(__file__).resolve().parents[2]
@@ -218,7 +218,7 @@ def train_stylizer(
     **overrides: Any,
 ) -> RunResult:
     """Train (or continue training) a TextStylizer; returns the last batch's outputs and the loss history."""
-    s = TrainStylizerSettings(**{**asdict(settings or TrainStylizerSettings()), **overrides}).validate()
+    s = resolve_settings(TrainStylizerSettings, settings, overrides)
     out = Path(out)
     if out.suffix != ".safetensors":
         raise ParameterError(f"the stylizer is saved as safetensors; use a .safetensors name, not {out.name}")
@@ -313,7 +313,7 @@ def stylize(
     **overrides: Any,
 ) -> RunResult:
     """Stylise `content` for any prompt in one forward pass; same prompt, seed and input give the same image."""
-    s = StylizeSettings(**{**asdict(settings or StylizeSettings()), **overrides}).validate()
+    s = resolve_settings(StylizeSettings, settings, overrides)
     meta: dict[str, Any] = {}
     if network is None:
         network, meta = get_stylizer(s.checkpoint)

@@ -25,7 +25,7 @@ from guidance.clip import DEFAULT_MODEL, ClipModel, get_clip
 from guidance.errors import ParameterError
 from guidance.images import as_tensor
 from guidance.prompts import encode_prompt, parse_prompts
-from guidance.runs import CancelToken, RunResult, StepCallback, check_steps, run_steps
+from guidance.runs import CancelToken, RunResult, StepCallback, check_steps, resolve_settings, run_steps, timed
 
 
 def channel_stats(features: torch.Tensor, eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
@@ -267,10 +267,8 @@ def poda(
     **overrides: Any,
 ) -> RunResult:
     """PIN toward the prompt, then (preview_steps > 0) a visual preview; statistics travel in `extras`."""
-    s = PodaSettings(**{**asdict(settings or PodaSettings()), **overrides}).validate()
-    t0 = time.perf_counter()
-    clip = clip or get_clip(s.model, s.pretrained)
-    t_load = time.perf_counter() - t0
+    s = resolve_settings(PodaSettings, settings, overrides)
+    clip, t_load = timed(lambda: clip or get_clip(s.model, s.pretrained))
     image = resize_long_side(as_tensor(content, clip.device), s.size)
     t1 = time.perf_counter()
     pin = pin_statistics(clip, image, s.prompt, s.steps, s.lr, s.momentum, s.weight_decay, s.templates,
