@@ -61,8 +61,13 @@ def patch_directional_loss(
 
 
 def residual_vector(set_a: torch.Tensor, set_b: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-    """RAVE's guidance direction: mean embedding of set B minus mean of set A (A = backlit, B = well-lit)."""
-    r = set_b.reshape(-1, set_b.shape[-1]).mean(0) - set_a.reshape(-1, set_a.shape[-1]).mean(0)
+    """RAVE's guidance direction: normalised mean embedding of set B minus that of set A (A backlit, B well-lit).
+
+    Each mean is put back on the unit sphere first, as RAVE does, so sets of different spread count alike.
+    """
+    mean_a = F.normalize(set_a.reshape(-1, set_a.shape[-1]).mean(0), dim=-1)
+    mean_b = F.normalize(set_b.reshape(-1, set_b.shape[-1]).mean(0), dim=-1)
+    r = mean_b - mean_a
     return F.normalize(r, dim=-1) if normalize else r
 
 
