@@ -7,13 +7,13 @@ import torch
 import torch.nn.functional as F
 
 from generators.style.clipstyler import ClipStylerSettings, apply_network, build_guide, clipstyler
-from generators.style.features import ClipEarlyFeatures, ClipSplit
 from generators.style.feedforward import stylize, train_stylizer
 from generators.style.network import StyleUNet, load_network
 from generators.style.poda import PinAugmenter, apply_pin, channel_stats, pin_loss, pin_statistics, poda
 from guidance import losses
 from guidance.clip import tiny_clip
 from guidance.errors import CheckpointError, ParameterError
+from guidance.features import ClipEarlyFeatures, ClipSplit
 
 SMALL = dict(size=64, crop_size=32, num_crops=8, progress=False)
 
@@ -258,8 +258,8 @@ def test_style_presets_are_complete_and_shared_keys_carry_over():
 def test_content_network_uses_vgg19_only_when_its_weights_exist(clip, tmp_path, monkeypatch):
     from torchvision.models import vgg19
 
-    from generators.style.features import Vgg19ContentFeatures, content_network
     from guidance.errors import WeightsNotFoundError
+    from guidance.features import Vgg19ContentFeatures, content_network
 
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))  # an empty cache: no VGG here
     assert isinstance(content_network(clip, "auto"), ClipEarlyFeatures)

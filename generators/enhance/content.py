@@ -2,7 +2,7 @@
 
 The papers compare intermediate feature maps of a CLIP RN101 for the enhanced and the input image (weights
 1, 1, 1, 1, 0.5 over its stages). Here the features come from the guide CLIP's own image tower
-(``generators.style.features.ClipEarlyFeatures``: ResNet stages or ViT blocks at native resolution), so the term
+(``guidance.features.ClipEarlyFeatures``: ResNet stages or ViT blocks at native resolution), so the term
 works with any CLIP the project loads, including the tiny and world models.
 """
 
@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from generators.style.features import ClipEarlyFeatures, content_loss
 from guidance.clip import ClipModel
+from guidance.features import ClipEarlyFeatures, content_loss
 from guidance.guide import Term
 
 

@@ -21,11 +21,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from generators.style.features import content_loss, content_network
 from generators.style.network import StyleUNet, load_network, save_network
 from guidance.augment import PatchCrops
 from guidance.clip import DEFAULT_MODEL, ClipModel, get_clip
 from guidance.errors import ParameterError
+from guidance.features import content_loss, content_network
 from guidance.guide import DirectionalTerm, Guide, PatchDirectionalTerm, Term
 from guidance.images import as_tensor
 from guidance.prompts import IMAGENET_TEMPLATES, PLAIN_TEMPLATES, parse_prompts

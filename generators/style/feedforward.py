@@ -24,12 +24,12 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from generators.style.clipstyler import TEMPLATE_SETS, image_prior_tv, resize_long_side
-from generators.style.features import content_loss, content_network
 from generators.style.network import TextStylizer, load_network, save_network
 from guidance import losses
 from guidance.augment import PatchCrops
 from guidance.clip import DEFAULT_MODEL, ClipModel, get_clip
 from guidance.errors import CheckpointError, ParameterError
+from guidance.features import content_loss, content_network
 from guidance.images import as_tensor, load_image
 from guidance.prompts import encode_prompt, parse_prompts
 from guidance.runs import CancelToken, RunResult, StepCallback, check_steps, resolve_settings, run_steps

@@ -20,9 +20,9 @@ import torch
 from PIL import Image
 
 from generators.style.clipstyler import TEMPLATE_SETS, image_prior_tv, resize_long_side
-from generators.style.features import ClipSplit
 from guidance.clip import DEFAULT_MODEL, ClipModel, get_clip
 from guidance.errors import ParameterError
+from guidance.features import ClipSplit
 from guidance.images import as_tensor
 from guidance.prompts import encode_prompt, parse_prompts
 from guidance.runs import CancelToken, RunResult, StepCallback, check_steps, resolve_settings, run_steps, timed
