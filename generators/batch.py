@@ -186,7 +186,8 @@ def run_batch(
         return 0
 
     want = expected_settings(method, settings)
-    log = _Log(output / f"batch-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{os.getpid()}.jsonl")
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    log = _Log(output / f"batch-{stamp}-{time.time_ns() % 10**9:09d}-{os.getpid()}.jsonl")
     log.write(event="start", preset=p.name, method=method.name, settings=want, inputs=len(jobs),
               output=str(output), argv=sys.argv[1:])
     counts = {"done": 0, "skipped": 0, "failed": 0}

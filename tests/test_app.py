@@ -160,4 +160,7 @@ def test_app_builds_one_tab_per_family_with_a_shared_run_slot(tmp_path):
     runs = [d for d in demo.fns.values() if getattr(d, "concurrency_id", None) == "clipkit-runs"]
     assert len(runs) == len(methods()) and all(d.concurrency_limit == 1 for d in runs)
     ids = {getattr(b, "elem_id", None) for b in demo.blocks.values()}
-    assert "generate-missing" in ids  # world-guide weights are absent here: the tab says so
+    # a tab names its missing weights exactly when they are missing (the stylizer ships no checkpoint yet)
+    for m in methods().values():
+        assert (f"{m.name}-missing" in ids) == (m.missing(test_models=False) is not None), m.name
+    assert any(f"{m.name}-missing" in ids for m in methods().values())
