@@ -1,8 +1,18 @@
-"""Shared fixtures (kept minimal): an isolated user-preset folder and fast tiny-CLIP generate settings."""
+"""Shared fixtures (kept minimal): one torch thread, an isolated user-preset folder, fast generate settings."""
 
 from __future__ import annotations
 
 import pytest
+import torch
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_thread():
+    """Test tensors are small: one thread is faster, and far faster on shared cores (no OpenMP spin-waits)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

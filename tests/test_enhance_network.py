@@ -30,15 +30,6 @@ needs_weights = pytest.mark.skipif(
 needs_photos = pytest.mark.skipif(not PHOTO.is_file(), reason="../shared/images/backlit not present")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small tensors: one thread is faster, and far faster when the cores are shared (no OpenMP spin-waits)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def photo_small() -> torch.Tensor:
     """A real back-lit photo at 1/8 size (256 x 192): fast, still mostly dark foreground under a bright sky."""

@@ -35,15 +35,6 @@ from guidance.clip import load_clip, tiny_clip
 from guidance.errors import CheckpointError, WeightsNotFoundError
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small tensors: one thread is faster, and far faster when the cores are shared (no OpenMP spin-waits)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def clip():
     return tiny_clip(0)

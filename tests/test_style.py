@@ -18,15 +18,6 @@ from guidance.features import ClipEarlyFeatures, ClipSplit
 SMALL = dict(size=64, crop_size=32, num_crops=8, progress=False)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The machine is shared: oversubscribed threads make these tests 50x slower, not faster."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def clip():
     return tiny_clip(0)

@@ -20,14 +20,6 @@ TINY = ["--model", "tiny-clip", "--pretrained", "random", "--quiet"]
 pytestmark = pytest.mark.skipif(not PHOTOS, reason=f"content photos not found in {CONTENT}")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture()
 def photos(tmp_path: Path) -> Path:
     """A folder of links to three real photos (the photos themselves stay in ../shared)."""
