@@ -32,7 +32,7 @@ from generators.presets import load_preset, settings_dict
 from generators.registry import Method
 from guidance.clip import TINY_MODEL
 from guidance.errors import ClipKitError, ParameterError
-from guidance.images import read_settings
+from guidance.images import plan_outputs, read_settings
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 TEXT_EXTS = (".txt",)
@@ -70,20 +70,10 @@ def plan(method: Method, settings: Any, inputs: list[Path], output: Path, overwr
 
     An output counts as done when it carries the same settings and, where it records one, the same CLIP
     (``clip_name``: the test CLIP's name in test mode), so test-mode outputs are never taken for real ones."""
-    in_set = {p.resolve() for p in inputs}
     if any(p.parent.resolve() == output.resolve() for p in inputs):
         raise ParameterError(f"the output folder {output} holds inputs; choose another --output "
                              "(inputs are never written over)")
-    jobs: list[Job] = []
-    by_output: dict[Path, Path] = {}
-    for p in inputs:
-        out = output / f"{p.stem}.png"
-        if out.resolve() in in_set:
-            raise ParameterError(f"refusing to write {out}: it is an input file")
-        if out in by_output:
-            raise ParameterError(f"{by_output[out]} and {p} would both write {out}; rename one or run them apart")
-        by_output[out] = p
-        jobs.append(Job(p, out))
+    jobs = [Job(p, out) for p, out in plan_outputs(inputs, output)]
     want = expected_settings(method, settings)
     for j in jobs:
         if j.output.exists() and not overwrite:

@@ -107,7 +107,8 @@ def check_clip(s: Any) -> str | None:
 
 # --------------------------------------------------------------------------------------------------- generate
 def _generate_entry() -> Method:
-    from generators.image.generate import TEMPLATE_SETS, GenerateSettings, generate
+    from generators.image.generate import GenerateSettings, generate
+    from guidance.prompts import TEMPLATE_SETS
 
     def run(settings: GenerateSettings, *, clip=None, callback=None, cancel=None, progress=False) -> RunResult:
         return generate(settings, clip=clip, callback=callback, cancel=cancel, progress=progress)

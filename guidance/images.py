@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
-from guidance.errors import ImageError
+from guidance.errors import ImageError, ParameterError
 
 SETTINGS_KEY = "clipkit"
 MAX_SIDE = 8192
@@ -132,6 +132,24 @@ def save_image(
     if path.suffix.lower() != ".png":
         raise ImageError(f"outputs are written as PNG (settings are embedded); use a .png name, not {path.name}")
     return atomic_write(path, lambda f: pil.save(f, format="PNG", pnginfo=info), protect)
+
+
+def plan_outputs(inputs: list[Path], out_dir: str | os.PathLike) -> list[tuple[Path, Path]]:
+    """(input, out_dir/<stem>.png) pairs for a folder job; refuses outputs that are inputs or that two inputs share."""
+    out_dir = Path(out_dir)
+    in_set = {Path(p).resolve() for p in inputs}
+    pairs: list[tuple[Path, Path]] = []
+    by_output: dict[Path, Path] = {}
+    for p in map(Path, inputs):
+        out = out_dir / f"{p.stem}.png"
+        if out.resolve() in in_set:
+            raise ParameterError(f"refusing to write {out}: it is an input file (choose another output folder)")
+        if out in by_output:
+            raise ParameterError(f"{by_output[out]} and {p} would both write the same output {out} "
+                                 "(same name, different extension); rename one or run them apart")
+        by_output[out] = p
+        pairs.append((p, out))
+    return pairs
 
 
 def read_settings(path: str | os.PathLike) -> dict[str, Any]:

@@ -39,6 +39,7 @@ IMAGENET_TEMPLATES: tuple[str, ...] = (
     "a photo of a small {}.", "a tattoo of the {}.",
 )
 PLAIN_TEMPLATES: tuple[str, ...] = ("{}",)
+TEMPLATE_SETS: dict[str, tuple[str, ...]] = {"plain": PLAIN_TEMPLATES, "imagenet": IMAGENET_TEMPLATES}
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,8 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from generators.style.batch import plan  # (input, output) pairs, refusing outputs that would hit inputs
 from guidance.errors import ParameterError
-from guidance.images import pil_to_tensor, read_settings, save_image
+from guidance.images import pil_to_tensor, plan_outputs, read_settings, save_image
 
 from .api import enhance, preset_settings
 from .api import load_image as load_image_tensor
@@ -76,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     done = skipped = 0
     scores: list[float | None] = []
     try:
-        pairs = plan(inputs, args.output)
+        pairs = plan_outputs(inputs, args.output)
     except ParameterError as e:
         raise SystemExit(str(e)) from e
     for src, dst in tqdm(pairs, desc="enhance", unit="img"):

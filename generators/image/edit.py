@@ -22,11 +22,9 @@ from guidance.clip import DEFAULT_MODEL, ClipModel, get_clip
 from guidance.errors import ParameterError
 from guidance.guide import DirectionalTerm, Guide, PromptTerm, Term, TVTerm
 from guidance.images import as_tensor
-from guidance.prompts import IMAGENET_TEMPLATES, PLAIN_TEMPLATES, parse_prompts
+from guidance.prompts import TEMPLATE_SETS, parse_prompts
 from guidance.regions import composite, prepare_mask
 from guidance.runs import CancelToken, RunResult, StepCallback, check_steps, resolve_settings, run_steps, timed
-
-TEMPLATE_SETS = {"plain": PLAIN_TEMPLATES, "imagenet": IMAGENET_TEMPLATES}
 
 
 @dataclass

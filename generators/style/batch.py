@@ -18,7 +18,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from guidance.errors import ParameterError
-from guidance.images import load_image, read_settings, save_image
+from guidance.images import load_image, plan_outputs, read_settings, save_image
 from guidance.runs import RunResult
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
@@ -43,21 +43,6 @@ def list_inputs(path: str | os.PathLike) -> list[Path]:
     return sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
 
 
-def plan(inputs: list[Path], out_dir: Path) -> list[tuple[Path, Path]]:
-    """(input, output) pairs; refuses outputs that are inputs or that two inputs share."""
-    in_set = {p.resolve() for p in inputs}
-    pairs, seen = [], set()
-    for p in inputs:
-        out = out_dir / f"{p.stem}.png"
-        if out.resolve() in in_set:
-            raise ParameterError(f"refusing to write {out}: it is an input file (choose another output folder)")
-        if out in seen:
-            raise ParameterError(f"two inputs map to the same output {out} (same name, different extension)")
-        seen.add(out)
-        pairs.append((p, out))
-    return pairs
-
-
 def _canonical(job: dict[str, Any]) -> str:
     return json.dumps(job, sort_keys=True, default=str)
 
@@ -79,7 +64,7 @@ def run_batch(
         raise ParameterError("the output folder must differ from the input folder (inputs are never overwritten)")
     out_dir.mkdir(parents=True, exist_ok=True)
     report = BatchReport()
-    pairs = plan(files, out_dir)
+    pairs = plan_outputs(files, out_dir)
     for src, dst in tqdm(pairs, desc=job.get("method", "style"), unit="img", disable=not progress):
         if dst.exists():
             old = read_settings(dst).get("job")

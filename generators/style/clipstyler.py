@@ -28,10 +28,9 @@ from guidance.errors import ParameterError
 from guidance.features import content_loss, content_network
 from guidance.guide import DirectionalTerm, Guide, PatchDirectionalTerm, Term
 from guidance.images import as_tensor
-from guidance.prompts import IMAGENET_TEMPLATES, PLAIN_TEMPLATES, parse_prompts
+from guidance.prompts import TEMPLATE_SETS, parse_prompts
 from guidance.runs import CancelToken, RunResult, StepCallback, check_steps, resolve_settings, run_steps, timed
 
-TEMPLATE_SETS = {"plain": PLAIN_TEMPLATES, "imagenet": IMAGENET_TEMPLATES}
 NETWORK_KIND = "clipstyler-unet"
 
 
