@@ -43,7 +43,7 @@ from generators.presets import (
 from generators.registry import Method, get_method, methods
 from guidance.clip import ClipModel
 from guidance.errors import ParameterError
-from guidance.images import as_tensor, load_image, save_image, tensor_to_pil
+from guidance.images import as_tensor, decode_mask, load_image, read_settings, save_image, tensor_to_pil
 from guidance.runs import CancelToken, RunResult, StepCallback, StepInfo
 
 TEST_MODELS_ENV = "CLIPKIT_TEST_MODELS"
@@ -137,6 +137,16 @@ def _as_mask(mask: Any) -> torch.Tensor:
             m = m.unsqueeze(0)
         return m
     raise ParameterError(f"mask must be a PIL image or a tensor, got {type(mask).__name__}")
+
+
+def recorded_mask(source: dict[str, Any] | str | os.PathLike) -> Image.Image | None:
+    """The region mask a result was made with (from its record or its PNG), or None for an unmasked run.
+
+    With the same input image, settings and this mask, ``run`` reproduces the result exactly."""
+    record = read_settings(source) if isinstance(source, (str, os.PathLike)) else source
+    settings = record.get("settings", record) if isinstance(record, dict) else {}
+    text = settings.get("mask") if isinstance(settings, dict) else None
+    return decode_mask(text) if text else None
 
 
 def build_settings(method: str | None = None, settings: Any = None, **overrides: Any) -> tuple[Method, Any]:

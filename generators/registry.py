@@ -169,7 +169,7 @@ def _edit_entry() -> Method:
             "templates": Control("Prompt templates", kind="dropdown", choices=tuple(sorted(TEMPLATE_SETS)),
                                  advanced=True),
         },
-        record_only=("clip", "masked"),
+        record_only=("clip", "masked", "mask"),
     )
 
 

@@ -5,6 +5,8 @@ Inside the toolkit an image is a float tensor (B, 3, H, W) in [0, 1]; PIL appear
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import os
 import tempfile
@@ -157,3 +159,25 @@ def read_settings(path: str | os.PathLike) -> dict[str, Any]:
     with Image.open(path) as img:
         text = getattr(img, "text", {}) or {}
     return json.loads(text[SETTINGS_KEY]) if SETTINGS_KEY in text else {}
+
+
+def encode_mask(mask: torch.Tensor) -> str:
+    """A region mask as base64 8-bit PNG text, so a result's settings record carries the mask it was made with.
+
+    Masks are inputs as much as settings: without it an edit cannot be reproduced from its output."""
+    m = mask.detach().float().cpu()
+    while m.ndim > 2:
+        m = m[0]
+    buf = io.BytesIO()
+    Image.fromarray((m.clamp(0, 1) * 255).round().to(torch.uint8).numpy(), "L").save(buf, format="PNG",
+                                                                                      optimize=True)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def decode_mask(text: str) -> Image.Image:
+    """The mask `encode_mask` wrote, as an "L" image (white = edited)."""
+    try:
+        with Image.open(io.BytesIO(base64.b64decode(text, validate=True))) as img:
+            return img.convert("L")
+    except (ValueError, OSError, UnidentifiedImageError) as e:
+        raise ImageError(f"the recorded mask cannot be decoded: {e}") from e

@@ -84,6 +84,20 @@ def test_edit_takes_pil_inputs_and_a_mask_keeps_outside_pixels():
     assert not torch.allclose(out[:, :, :24], src.expand(3, 32, 24), atol=1e-3)
 
 
+def test_an_edit_output_carries_its_mask_and_reproduces_exactly(tmp_path):
+    img = Image.new("RGB", (40, 28), (30, 90, 200))
+    mask = Image.new("L", (40, 28), 0)
+    mask.paste(255, (8, 4, 30, 20))
+    r = api.run("edit", image=img, mask=mask, prompt="a red circle", steps=2, cutouts=2, seed=3, clip="tiny")
+    path = r.save(tmp_path / "edit.png")
+    back = api.recorded_mask(path)
+    assert back is not None and np.array_equal(np.array(back), np.array(mask))
+    again = api.run(settings=str(path), image=img, mask=back, clip="tiny")
+    assert torch.equal(again.tensors, r.tensors)
+    plain = api.run("edit", image=img, prompt="a red circle", steps=1, cutouts=2, clip="tiny")
+    assert api.recorded_mask(plain.record) is None
+
+
 def test_registry_has_only_working_methods_and_reports_missing_weights(tmp_path):
     names = list(methods())
     assert names[:2] == ["generate", "edit"] and "enhance" in names
@@ -97,7 +111,14 @@ def test_registry_has_only_working_methods_and_reports_missing_weights(tmp_path)
 # ------------------------------------------------------------------------------------------- app logic
 gradio = pytest.importorskip("gradio")
 
-from ui.app import ClipKitApp, build_app, settings_to_values, split_editor, values_to_settings  # noqa: E402
+from ui.app import (  # noqa: E402
+    ClipKitApp,
+    build_app,
+    editor_with_mask,
+    settings_to_values,
+    split_editor,
+    values_to_settings,
+)
 
 
 def test_controls_round_trip_to_settings():
@@ -120,6 +141,16 @@ def test_editor_paint_becomes_the_mask():
     arr = torch.from_numpy(np.array(mask)).int()
     assert arr[:, 5:10].eq(255).all() and arr[:, :5].eq(0).all() and arr[:, 10:].eq(0).all()
     assert split_editor({"background": bg, "layers": [Image.new("RGBA", (20, 10))], "composite": bg})[1] is None
+
+
+def test_a_recorded_mask_returns_to_the_editor_as_the_same_mask():
+    bg = Image.new("RGB", (20, 10), (10, 20, 30))
+    mask = Image.new("L", (20, 10), 0)
+    mask.paste(255, (3, 2, 12, 8))
+    value = editor_with_mask({"background": bg, "layers": [], "composite": bg}, mask)
+    image, back = split_editor(value)
+    assert image.size == (20, 10) and np.array_equal(np.array(back), np.array(mask))
+    assert editor_with_mask(None, mask) is None  # no picture to paint on yet
 
 
 def test_run_stream_previews_then_saves_a_reproducible_png(tmp_path, fast_generate):

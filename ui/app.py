@@ -124,6 +124,19 @@ def split_editor(value: Any) -> tuple[Image.Image | None, Image.Image | None]:
     return image, mask
 
 
+def editor_with_mask(value: Any, mask: Image.Image) -> dict[str, Any] | None:
+    """The editor value showing `mask` painted over the editor's current picture (None when it has none).
+
+    Used when a result is loaded back: its recorded mask returns as the brush layer, so Run repeats the edit."""
+    image, _ = split_editor(value)
+    if image is None:
+        return None
+    alpha = mask.convert("L").resize(image.size, Image.NEAREST)
+    layer = Image.new("RGBA", image.size, (255, 0, 255, 0))
+    layer.putalpha(alpha)
+    return {"background": image, "layers": [layer], "composite": None}
+
+
 def format_values(values: dict[str, float]) -> str:
     return " · ".join(f"{k} {v:.4f}" for k, v in values.items())
 
@@ -335,7 +348,10 @@ class ClipKitApp:
 
         control_list = list(controls.values())
 
-        def apply(p: Preset) -> list[Any]:
+        editor = next((inputs[i.name] for i in m.inputs if i.mask), None)
+        loaded = [*control_list, preset_info, *([editor] if editor is not None else [])]
+
+        def apply(p: Preset, mask: Image.Image | None = None, editor_value: Any = None) -> list[Any]:
             if p.method != m.name and p.method not in m.borrows:
                 raise gr.Error(f"'{p.name}' is a preset for method '{p.method}'; open the "
                                f"{methods()[p.method].title if p.method in methods() else p.method} tab to use it")
@@ -343,31 +359,46 @@ class ClipKitApp:
             desc = f" — {p.description}" if p.description else ""
             if p.method != m.name:  # borrowed: only the shared settings change, the rest stay as they are
                 desc += f" (its {', '.join(values)} from {p.method})"
-                return [*(control_value(m, n, values[n]) if n in values else gr.update() for n in m.field_names()),
-                        f"Loaded preset **{p.name}**{desc}"]
-            return [*settings_to_values(m, values), f"Loaded preset **{p.name}**{desc}"]
+                shown = [control_value(m, n, values[n]) if n in values else gr.update() for n in m.field_names()]
+            else:
+                shown = settings_to_values(m, values)
+            if editor is None:
+                return [*shown, f"Loaded preset **{p.name}**{desc}"]
+            painted = editor_with_mask(editor_value, mask) if mask is not None else None
+            if mask is not None:
+                desc += (" and its mask" if painted is not None else
+                         ". It was made with a painted mask: open its input picture, then load it again to "
+                         "get the mask back")
+            return [*shown, f"Loaded preset **{p.name}**{desc}", painted if painted is not None else gr.update()]
+
+        def unchanged() -> list[Any]:
+            return [gr.update() for _ in control_list] + [""] + ([gr.update()] if editor is not None else [])
 
         def on_preset(name: str | None) -> list[Any]:
             if not name:
-                return [gr.update() for _ in control_list] + [""]
+                return unchanged()
             try:
                 return apply(load_preset(name))
             except ClipKitError as e:
                 raise gr.Error(str(e)) from e
 
-        def on_upload(file: str | None) -> list[Any]:
+        def on_upload(data: dict) -> list[Any]:
+            file = data[upload]
             if not file:
-                return [gr.update() for _ in control_list] + [""]
+                return unchanged()
             try:
-                return apply(load_preset(Path(file)))
+                mask = api.recorded_mask(file) if Path(file).suffix.lower() == ".png" else None
+                return apply(load_preset(Path(file)), mask, data.get(editor))
             except ClipKitError as e:
                 raise gr.Error(str(e)) from e
 
-        def on_reuse(record: dict | None) -> list[Any]:
+        def on_reuse(data: dict) -> list[Any]:
+            record = data[record_json]
             if not record:
                 raise gr.Error("select a result in the gallery first")
             try:
-                return apply(preset_from_record(record, name="from-result", source="the selected result"))
+                return apply(preset_from_record(record, name="from-result", source="the selected result"),
+                             api.recorded_mask(record), data.get(editor))
             except ClipKitError as e:
                 raise gr.Error(str(e)) from e
 
@@ -430,9 +461,11 @@ class ClipKitApp:
             e = entries[evt.index]
             return e.record, e.path
 
-        preset_dd.input(on_preset, preset_dd, [*control_list, preset_info], queue=False)
-        upload.upload(on_upload, upload, [*control_list, preset_info], queue=False)
-        reuse_btn.click(on_reuse, record_json, [*control_list, preset_info], queue=False)
+        with_editor = {editor} if editor is not None else set()
+        preset_dd.focus(lambda: gr.update(choices=self._preset_names(m)), None, preset_dd, queue=False)
+        preset_dd.input(on_preset, preset_dd, loaded, queue=False)
+        upload.upload(on_upload, {upload, *with_editor}, loaded, queue=False)
+        reuse_btn.click(on_reuse, {record_json, *with_editor}, loaded, queue=False)
         save_btn.click(on_save, {save_name, save_desc, *control_list}, [preset_file, preset_dd, preset_info],
                        queue=False)
         run_inputs = {*control_list, *inputs.values(), history}

@@ -12,12 +12,13 @@ from whole groups (`HardNegativeBatchSampler`) forces the model to tell
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from collections.abc import Callable, Iterator
 
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from world.scene import SceneSpec, caption, is_heldout, render_batch, sample_scene, vary
+from world.scene import SceneSpec, caption, free_colour, is_heldout, render_batch, sample_scene, vary
 
 MEAN = (0.48145466, 0.4578275, 0.40821073)  # open_clip's OPENAI_DATASET_MEAN / STD,
 STD = (0.26862954, 0.26130258, 0.27577711)  # the default preprocess of our configs
@@ -48,8 +49,10 @@ class WorldDataset(Dataset):
 
     def __init__(self, tokenizer: Callable | None = None, seed: int = 0, split: str = "train",
                  length: int = 10_000_000, group_size: int = 4, size: int = 64,
-                 noise: float = 0.02, normalized: bool = True, single_attribute: float = 0.5) -> None:
+                 noise: float = 0.02, normalized: bool = True, single_attribute: float = 0.5,
+                 free_colour: float = 0.0) -> None:
         self.tokenizer, self.seed, self.split = tokenizer, seed, split
+        self.free_colour = free_colour
         self.length, self.group_size, self.size = length, group_size, size
         self.noise, self.normalized, self.single_attribute = noise, normalized, single_attribute
 
@@ -59,6 +62,8 @@ class WorldDataset(Dataset):
     def _group(self, group: int) -> tuple[list[SceneSpec], frozenset[str]]:
         g = seeded(self.seed, self.split, group)
         base = sample_scene(g, self.split)
+        if self.split == "train" and float(torch.rand((), generator=g)) < self.free_colour:
+            base = replace(base, objects=tuple(free_colour(o, g) for o in base.objects))
         scenes, varied = [base], set()
         names = list(_VARY_WEIGHTS)
         weights = torch.tensor([_VARY_WEIGHTS[n] for n in names])

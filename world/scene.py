@@ -62,6 +62,9 @@ class ObjectSpec:
     scale: float = 1.0  # multiplies the size radius
     dx: float = 0.0  # centre offset, fraction of the side
     dy: float = 0.0
+    # An off-palette colour (training only): `colour` is then its nearest named
+    # colour, used for the held-out rule, and captions do not name the colour.
+    rgb: tuple[float, float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,28 @@ def _sample_object(g: torch.Generator, position: str, size: str | None = None) -
         size=size or _choice(g, SIZES), position=position,
         angle=_uniform(g, -0.3, 0.3), scale=_uniform(g, 0.9, 1.1),
         dx=_uniform(g, -0.03, 0.03), dy=_uniform(g, -0.03, 0.03))
+
+
+def nearest_colour(rgb: tuple[float, float, float]) -> str:
+    """The named colour closest to `rgb` (Euclidean in RGB)."""
+    names = list(COLOURS)
+    d = (_palette(names) - torch.tensor(rgb)).pow(2).sum(-1)
+    return names[int(d.argmin())]
+
+
+def free_colour(obj: ObjectSpec, generator: torch.Generator) -> ObjectSpec:
+    """`obj` in a random off-palette colour whose nearest named colour is not held out with its shape.
+
+    Shapes seen in many unnamed colours cannot be told apart by colour, which
+    pushes the image tower toward colour-invariant shape features; the
+    held-out (shape, colour) pairs stay unseen because the named colour is the
+    nearest one.
+    """
+    while True:
+        rgb = tuple(float(v) for v in torch.rand(3, generator=generator))
+        name = nearest_colour(rgb)
+        if (obj.shape, name) not in HELDOUT:
+            return replace(obj, colour=name, rgb=rgb)
 
 
 def _split_ok(scene: SceneSpec, split: str) -> bool:
@@ -149,6 +174,8 @@ def vary(scene: SceneSpec, attribute: str, generator: torch.Generator) -> SceneS
         if attribute == "colour":
             options = [c for c in options if c != scene.bg_colour]
         objs[i] = replace(o, **{attribute: _choice(g, options)})
+        if attribute == "colour":
+            objs[i] = replace(objs[i], rgb=None)
     elif attribute == "position":
         if len(objs) == 1:
             objs[0] = replace(o, position=_choice(g, [p for p in POSITIONS if p != o.position]))
@@ -158,7 +185,8 @@ def vary(scene: SceneSpec, attribute: str, generator: torch.Generator) -> SceneS
     elif attribute == "binding":
         if len(objs) != 2 or objs[0].colour == objs[1].colour:
             return None
-        objs = [replace(objs[0], colour=objs[1].colour), replace(objs[1], colour=objs[0].colour)]
+        objs = [replace(objs[0], colour=objs[1].colour, rgb=objs[1].rgb),
+                replace(objs[1], colour=objs[0].colour, rgb=objs[0].rgb)]
     elif attribute == "background":
         return replace(scene, background=_choice(g, [b for b in BACKGROUNDS if b != scene.background]))
     elif attribute == "bg_colour":
@@ -246,12 +274,12 @@ def _backgrounds(scenes: list[SceneSpec], xy: torch.Tensor) -> torch.Tensor:
     x, y = xy[..., 0], xy[..., 1]  # (H,W) in [0,1]
     u = (x - 0.5) * torch.cos(ang) + (y - 0.5) * torch.sin(ang)  # (B,H,W)
     soft = 1.5 / xy.shape[0]  # about one pixel of anti-aliasing, in pattern units
-    gradient = (u + 0.71) / 1.42
+    gradient = (u + 0.5).clamp(0, 1)  # full ramp across the central square: visible under any lighting
     stripe_phase = torch.frac(u / per + pha)
     stripes = ((0.25 - (stripe_phase - 0.5).abs()) / (soft / per)).clamp(-0.5, 0.5) + 0.5
-    cell = per * 0.9
+    cell = per * 1.3  # dots of 5-9 px: round blobs a 64 px CNN tells from a checkerboard
     gx, gy = torch.frac(x / cell + pha), torch.frac(y / cell + pha)
-    dots = ((0.3 - ((gx - 0.5) ** 2 + (gy - 0.5) ** 2).sqrt()) / (soft / cell)).clamp(-0.5, 0.5) + 0.5
+    dots = ((0.34 - ((gx - 0.5) ** 2 + (gy - 0.5) ** 2).sqrt()) / (soft / cell)).clamp(-0.5, 0.5) + 0.5
     ix = torch.floor(x / (per * 1.2) + pha) + torch.floor(y / (per * 1.2) + pha)
     checker = torch.remainder(ix, 2)
     t = torch.zeros_like(u)
@@ -297,7 +325,7 @@ def render_batch(scenes: list[SceneSpec], size: int = 64) -> torch.Tensor:
         else:
             d = _polygon_sdf(local, _POLYGONS[shape])
         alpha = (0.5 - d * r * size).clamp(0, 1).view(-1, 1, size, size)
-        rgb = _palette([o.colour for _, o in group]).view(-1, 3, 1, 1)
+        rgb = torch.tensor([o.rgb or COLOURS[o.colour] for _, o in group]).view(-1, 3, 1, 1)
         for j in range(len(group)):  # at most two objects per scene: composite in order
             k = int(idx[j])
             obj_rgb[k] = obj_rgb[k] * (1 - alpha[j]) + rgb[j] * alpha[j]
@@ -351,7 +379,7 @@ def _np(o: ObjectSpec, g: torch.Generator, colour: bool, size: bool, shape: bool
         words.append(light)
     if size:
         words.append(o.size)
-    if colour:
+    if colour and o.rgb is None:
         words.append(o.colour)
     words.append(o.shape if shape else _choice(g, ["shape", "object", "thing"]))
     return f"{_article(words[0])} {' '.join(words)}"

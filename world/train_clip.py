@@ -105,6 +105,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--init", type=Path, default=None,
+                   help="start from these weights (fine-tuning: new optimiser, step 0)")
+    p.add_argument("--free-colour", type=float, default=0.0,
+                   help="fraction of groups whose objects get unnamed off-palette colours")
     a = p.parse_args(argv)
 
     out = a.out or Path("runs") / a.model
@@ -121,6 +125,9 @@ def main(argv: list[str] | None = None) -> None:
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": a.wd},
                              {"params": other, "weight_decay": 0.0}], lr=a.lr, betas=(0.9, 0.98), eps=1e-6)
     step, elapsed, cpu0 = 0, 0.0, 0.0
+    if a.init is not None and not (a.resume and (out / "last.pt").exists()):
+        model.load_state_dict({k: v.float() for k, v in load_file(str(a.init)).items()})
+        print(f"initialised from {a.init}", flush=True)
     if a.resume and (out / "last.pt").exists():
         model.load_state_dict(load_file(str(out / "last.safetensors")))
         state = torch.load(out / "last.pt", weights_only=True)
@@ -133,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
     (out / "args.json").write_text(json.dumps({k: str(v) for k, v in vars(a).items()}, indent=1))
 
     ds = WorldDataset(tokenizer, seed=a.seed, group_size=a.group_size,
-                      length=(a.steps + 1) * a.batch_size)
+                      length=(a.steps + 1) * a.batch_size, free_colour=a.free_colour)
     loader = DataLoader(ds, batch_sampler=HardNegativeBatchSampler(ds, a.batch_size, start=step),
                         num_workers=a.workers, worker_init_fn=_worker_init,
                         persistent_workers=False, prefetch_factor=4 if a.workers else None)

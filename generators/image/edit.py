@@ -21,7 +21,7 @@ from guidance.augment import Cutouts
 from guidance.clip import DEFAULT_MODEL, ClipModel, get_clip
 from guidance.errors import ParameterError
 from guidance.guide import DirectionalTerm, Guide, PromptTerm, Term, TVTerm
-from guidance.images import as_tensor
+from guidance.images import as_tensor, encode_mask
 from guidance.prompts import TEMPLATE_SETS, parse_prompts
 from guidance.regions import composite, prepare_mask
 from guidance.runs import CancelToken, RunResult, StepCallback, check_steps, resolve_settings, run_steps, timed
@@ -122,5 +122,6 @@ def edit(
     history, cancelled, seconds = run_steps(s.steps, step, callback, cancel, preview, progress=progress, desc="edit")
     with torch.no_grad():
         final = current().detach()
-    record = {"method": "edit", **asdict(s), "clip": clip.name, "masked": m is not None}
+    record = {"method": "edit", **asdict(s), "clip": clip.name, "masked": m is not None,
+              "mask": encode_mask(m) if m is not None else None}
     return RunResult.from_loop(final, record, history, seconds, cancelled, t_load)
