@@ -127,6 +127,9 @@ def _generate_entry() -> Method:
             "lr": Control("Learning rate", kind="number", advanced=True),
             "cutouts": Control("Cutouts per step", kind="slider", minimum=1, maximum=128, step=1, advanced=True),
             "tv_weight": Control("Smoothness (TV weight)", kind="number", advanced=True),
+            "detail_decay": Control("Detail decay", "how fast fine detail may change relative to coarse shapes "
+                                    "(1 = equally; lower = cleaner, flatter images)", kind="slider",
+                                    minimum=0.1, maximum=1.0, step=0.05, advanced=True),
             "templates": Control("Prompt templates", kind="dropdown", choices=tuple(sorted(TEMPLATE_SETS)),
                                  advanced=True),
         },
@@ -164,6 +167,9 @@ def _edit_entry() -> Method:
             "steps": Control("Steps", kind="slider", minimum=1, maximum=1000, step=1),
             "seed": Control("Seed", kind="number"),
             "tv_weight": Control("Smoothness (TV weight)", kind="number", advanced=True),
+            "detail_decay": Control("Detail decay", "how fast fine detail may change relative to coarse shapes "
+                                    "(1 = equally; lower = cleaner, flatter images)", kind="slider",
+                                    minimum=0.1, maximum=1.0, step=0.05, advanced=True),
             "lr": Control("Learning rate", kind="number", advanced=True),
             "cutouts": Control("Cutouts per step", kind="slider", minimum=1, maximum=128, step=1, advanced=True),
             "templates": Control("Prompt templates", kind="dropdown", choices=tuple(sorted(TEMPLATE_SETS)),
@@ -288,16 +294,14 @@ def _clipstyler_entry() -> Method:
 
 
 def _stylize_entry() -> Method:
-    from pathlib import Path
-
-    from generators.style.feedforward import StylizeSettings, stylize
+    from generators.style.feedforward import StylizeSettings, resolve_checkpoint, stylize
 
     def run(settings: StylizeSettings, *, image, clip=None, callback=None, cancel=None,
             progress=False) -> RunResult:
         return stylize(image, settings, clip=clip, callback=callback, cancel=cancel, progress=progress)
 
     def check(s: StylizeSettings) -> str | None:
-        if not Path(s.checkpoint).is_file():
+        if not resolve_checkpoint(s.checkpoint).is_file():
             return (f"no trained stylizer at {s.checkpoint}; train one with `python -m generators.style.cli "
                     "train-stylizer --content DIR --out PATH` and set 'checkpoint' to it")
         return None
@@ -320,6 +324,7 @@ def _stylize_entry() -> Method:
         record_only=("clip", "trained_steps"),
         borrows={"clipstyler": _style_shared(StylizeSettings)},
         check=check,
+        uses_clip=False,  # its text encoder is fixed by the checkpoint, so test mode cannot swap in the tiny CLIP
     )
 
 

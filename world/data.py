@@ -28,7 +28,7 @@ STD = (0.26862954, 0.26130258, 0.27577711)  # the default preprocess of our conf
 # statistics a small CLIP learns first, while shape and position stayed at
 # chance for 1,600 steps with shape 3 / position 1 (measured; see model cards).
 _VARY_WEIGHTS = {"shape": 5.0, "colour": 1.0, "size": 0.7, "position": 3.0,
-                 "background": 0.5, "bg_colour": 0.3, "lighting": 0.5, "binding": 1.5}
+                 "background": 1.5, "bg_colour": 0.3, "lighting": 0.5, "binding": 1.5}
 
 
 def seeded(*parts: object) -> torch.Generator:

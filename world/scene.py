@@ -277,10 +277,10 @@ def _backgrounds(scenes: list[SceneSpec], xy: torch.Tensor) -> torch.Tensor:
     gradient = (u + 0.5).clamp(0, 1)  # full ramp across the central square: visible under any lighting
     stripe_phase = torch.frac(u / per + pha)
     stripes = ((0.25 - (stripe_phase - 0.5).abs()) / (soft / per)).clamp(-0.5, 0.5) + 0.5
-    cell = per * 1.3  # dots of 5-9 px: round blobs a 64 px CNN tells from a checkerboard
+    cell = per * 1.1  # dots of 5-8 px, checker squares of 15-23 px: told apart by a 64 px CNN
     gx, gy = torch.frac(x / cell + pha), torch.frac(y / cell + pha)
-    dots = ((0.34 - ((gx - 0.5) ** 2 + (gy - 0.5) ** 2).sqrt()) / (soft / cell)).clamp(-0.5, 0.5) + 0.5
-    ix = torch.floor(x / (per * 1.2) + pha) + torch.floor(y / (per * 1.2) + pha)
+    dots = ((0.3 - ((gx - 0.5) ** 2 + (gy - 0.5) ** 2).sqrt()) / (soft / cell)).clamp(-0.5, 0.5) + 0.5
+    ix = torch.floor(x / (per * 1.8) + pha) + torch.floor(y / (per * 1.8) + pha)
     checker = torch.remainder(ix, 2)
     t = torch.zeros_like(u)
     for k, pat in enumerate((torch.zeros_like(u), gradient, stripes, dots, checker)):
@@ -294,6 +294,9 @@ def _backgrounds(scenes: list[SceneSpec], xy: torch.Tensor) -> torch.Tensor:
     # Dark colours get a lighter second tone so the pattern stays visible.
     lum = c1.mean(1, keepdim=True)
     c2 = torch.where(lum < 0.25, light, dark)
+    # a gradient runs from the light tone to the dark one, so it stays visible when lighting compresses contrast
+    is_gradient = (kind == BACKGROUNDS.index("gradient")).view(b, 1, 1, 1)
+    c1, c2 = torch.where(is_gradient, light, c1), torch.where(is_gradient, dark, c2)
     return c1 + (c2 - c1) * t.unsqueeze(1)
 
 

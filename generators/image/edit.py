@@ -38,6 +38,7 @@ class EditSettings:
     direction_weight: float = 1.0
     content_weight: float = 1.0
     tv_weight: float = 0.1
+    detail_decay: float = 0.5  # step size of each finer pyramid level relative to the next coarser one
     steps: int = 100
     seed: int = 0
     lr: float = 0.05
@@ -61,6 +62,8 @@ class EditSettings:
             v = getattr(self, name)
             if not 0 <= v <= 1e5:
                 raise ParameterError(f"{name}={v} must be in [0, 100000]")
+        if not 0 < self.detail_decay <= 1:
+            raise ParameterError(f"detail_decay={self.detail_decay} must be in (0, 1]")
         if not 0 < self.lr <= 10:
             raise ParameterError(f"lr={self.lr} must be in (0, 10]")
         if self.templates not in TEMPLATE_SETS:
@@ -87,7 +90,7 @@ def edit(
         mask = torch.from_numpy(np.asarray(mask.convert("L"), dtype=np.float32) / 255.0)
     m = prepare_mask(mask, source) if mask is not None else None
     gen = torch.Generator().manual_seed(s.seed)
-    param = PyramidImage(source.shape[-2:], base=source).to(clip.device)
+    param = PyramidImage(source.shape[-2:], base=source, decay=s.detail_decay).to(clip.device)
     view = Cutouts(s.cutouts, cut_pow=s.cut_pow, min_frac=s.min_frac, noise=s.noise)
     templates = TEMPLATE_SETS[s.templates]
     terms: list[Term] = []

@@ -31,6 +31,7 @@ class GenerateSettings:
     min_frac: float = 0.5
     noise: float = 0.05
     tv_weight: float = 0.3
+    detail_decay: float = 0.5  # step size of each finer pyramid level relative to the next coarser one
     templates: str = "plain"
     model: str = DEFAULT_MODEL
     pretrained: str | None = None
@@ -42,6 +43,8 @@ class GenerateSettings:
             raise ParameterError(f"size={self.size} must be in 16..2048")
         if not 1 <= self.batch <= 64:
             raise ParameterError(f"batch={self.batch} must be in 1..64")
+        if not 0 < self.detail_decay <= 1:
+            raise ParameterError(f"detail_decay={self.detail_decay} must be in (0, 1]")
         if not 0 < self.lr <= 10:
             raise ParameterError(f"lr={self.lr} must be in (0, 10]")
         if not 0 <= self.tv_weight <= 1e4:
@@ -64,7 +67,7 @@ def generate(
     s = resolve_settings(GenerateSettings, settings, overrides)
     clip, t_load = timed(lambda: clip or get_clip(s.model, s.pretrained))
     gen = torch.Generator().manual_seed(s.seed)
-    image = PyramidImage(s.size, s.batch, generator=gen).to(clip.device)
+    image = PyramidImage(s.size, s.batch, generator=gen, decay=s.detail_decay).to(clip.device)
     guide = Guide(
         clip,
         [

@@ -14,9 +14,12 @@ import torch.nn.functional as F
 
 
 class PyramidImage(nn.Module):
-    """Image = sigmoid(logit(base) + sum_k upsample(level_k)); levels from `min_size` doubling up to the size.
+    """Image = sigmoid(logit(base) + sum_k decay^k upsample(level_k)); levels from `min_size` (k = 0) doubling up.
 
     Without a base the levels start as noise (text to image); with one they start at zero (editing).
+    `decay` < 1 makes finer levels move slower: Adam gives every parameter the same step size, so without it
+    the finest level changes as fast as the coarsest and CLIP's gradient fills it with high-frequency
+    patterns a second CLIP does not read as the prompt (measured with the world judge, see the tests).
     """
 
     def __init__(
@@ -27,8 +30,12 @@ class PyramidImage(nn.Module):
         init_std: float = 0.5,
         generator: torch.Generator | None = None,
         base: torch.Tensor | None = None,
+        decay: float = 1.0,
     ) -> None:
         super().__init__()
+        if not 0 < decay <= 1:
+            raise ValueError(f"decay={decay} must be in (0, 1]")
+        self.decay = decay
         h, w = (size, size) if isinstance(size, int) else size
         if base is not None:
             h, w = base.shape[-2:]
@@ -48,6 +55,7 @@ class PyramidImage(nn.Module):
 
     def forward(self) -> torch.Tensor:
         total = self.base_logit
-        for level in self.levels:
-            total = total + F.interpolate(level, size=self.size, mode="bilinear", align_corners=False)
+        for k, level in enumerate(self.levels):
+            up = F.interpolate(level, size=self.size, mode="bilinear", align_corners=False)
+            total = total + (up if self.decay == 1 else self.decay**k * up)
         return torch.sigmoid(total)

@@ -268,12 +268,16 @@ def train_stylizer(
                      extras={"network": net, "path": str(out), "start_step": start})
 
 
+# Trained here on the content photos with the world guide (see generators/style/models/world-stylizer.md).
+SHIPPED_STYLIZER = "generators/style/models/world-stylizer.safetensors"
+
+
 @dataclass
 class StylizeSettings:
     """Every knob of a feed-forward stylisation; a preset for method 'stylize' holds exactly these keys."""
 
-    prompt: str = "oil painting of flowers"
-    checkpoint: str = "runs/style/stylizer.safetensors"
+    prompt: str = "a photo on a striped background"  # the shipped stylizer knows world prompts (world_prompts.txt)
+    checkpoint: str = SHIPPED_STYLIZER
     seed: int = 0
     size: int | None = 512
     noise: bool = True
@@ -288,11 +292,17 @@ class StylizeSettings:
 _NETWORKS: dict[tuple[str, float], tuple[TextStylizer, dict[str, Any]]] = {}
 
 
-def get_stylizer(path: str | os.PathLike) -> tuple[TextStylizer, dict[str, Any]]:
-    """Load a stylizer once per process (reloaded when the file changes); relative paths also try the project root."""
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A stylizer path as given, else relative to the project root (where the shipped one lives)."""
     path = Path(path)
     if not path.is_file() and not path.is_absolute() and (ROOT / path).is_file():
-        path = ROOT / path
+        return ROOT / path
+    return path
+
+
+def get_stylizer(path: str | os.PathLike) -> tuple[TextStylizer, dict[str, Any]]:
+    """Load a stylizer once per process (reloaded when the file changes)."""
+    path = resolve_checkpoint(path)
     if not path.is_file():
         raise CheckpointError(f"stylizer checkpoint not found: {path}. Train one with "
                               "`python -m generators.style.cli train-stylizer --content DIR --out PATH`")
