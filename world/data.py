@@ -12,8 +12,8 @@ from whole groups (`HardNegativeBatchSampler`) forces the model to tell
 from __future__ import annotations
 
 import hashlib
-from dataclasses import replace
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 
 import torch
 from torch.utils.data import Dataset, Sampler
@@ -54,6 +54,8 @@ class WorldDataset(Dataset):
         self.tokenizer, self.seed, self.split = tokenizer, seed, split
         self.free_colour = free_colour
         self.length, self.group_size, self.size = length, group_size, size
+        # `noise`: each image gets Gaussian pixel noise of a std drawn uniformly from [0, noise]; a guide
+        # trained on noisy images has smoother, more image-like gradients (noise as cheap robustness)
         self.noise, self.normalized, self.single_attribute = noise, normalized, single_attribute
 
     def __len__(self) -> int:
@@ -97,7 +99,8 @@ class WorldDataset(Dataset):
         images = render_batch(scenes, self.size)
         if self.noise > 0:
             g = seeded(self.seed, self.split, indices[0], len(indices), "noise")
-            images = (images + self.noise * torch.randn(images.shape, generator=g)).clamp(0, 1)
+            sigma = self.noise * torch.rand(len(indices), 1, 1, 1, generator=g)
+            images = (images + sigma * torch.randn(images.shape, generator=g)).clamp(0, 1)
         return normalize(images) if self.normalized else images
 
     def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, torch.Tensor | str]]:

@@ -107,6 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--resume", action="store_true")
     p.add_argument("--init", type=Path, default=None,
                    help="start from these weights (fine-tuning: new optimiser, step 0)")
+    p.add_argument("--noise", type=float, default=0.02, help="largest std of per-image Gaussian pixel noise")
     p.add_argument("--free-colour", type=float, default=0.0,
                    help="fraction of groups whose objects get unnamed off-palette colours")
     a = p.parse_args(argv)
@@ -140,7 +141,8 @@ def main(argv: list[str] | None = None) -> None:
     (out / "args.json").write_text(json.dumps({k: str(v) for k, v in vars(a).items()}, indent=1))
 
     ds = WorldDataset(tokenizer, seed=a.seed, group_size=a.group_size,
-                      length=(a.steps + 1) * a.batch_size, free_colour=a.free_colour)
+                      length=(a.steps + 1) * a.batch_size, free_colour=a.free_colour,
+                      noise=a.noise)
     loader = DataLoader(ds, batch_sampler=HardNegativeBatchSampler(ds, a.batch_size, start=step),
                         num_workers=a.workers, worker_init_fn=_worker_init,
                         persistent_workers=False, prefetch_factor=4 if a.workers else None)
