@@ -27,7 +27,7 @@ STD = (0.26862954, 0.26130258, 0.27577711)  # the default preprocess of our conf
 # position weigh most: colour, size, background and lighting are global image
 # statistics a small CLIP learns first, while shape and position stayed at
 # chance for 1,600 steps with shape 3 / position 1 (measured; see model cards).
-_VARY_WEIGHTS = {"shape": 5.0, "colour": 1.0, "size": 0.7, "position": 3.0,
+VARY_WEIGHTS = {"shape": 5.0, "colour": 1.0, "size": 0.7, "position": 3.0,
                  "background": 1.5, "bg_colour": 0.3, "lighting": 0.5, "binding": 1.5}
 
 
@@ -50,9 +50,13 @@ class WorldDataset(Dataset):
     def __init__(self, tokenizer: Callable | None = None, seed: int = 0, split: str = "train",
                  length: int = 10_000_000, group_size: int = 4, size: int = 64,
                  noise: float = 0.02, normalized: bool = True, single_attribute: float = 0.5,
-                 free_colour: float = 0.0) -> None:
+                 free_colour: float = 0.0, vary_weights: dict[str, float] | None = None) -> None:
         self.tokenizer, self.seed, self.split = tokenizer, seed, split
         self.free_colour = free_colour
+        unknown = set(vary_weights or {}) - set(VARY_WEIGHTS)
+        if unknown:
+            raise ValueError(f"unknown hard-negative attributes {sorted(unknown)}; known: {sorted(VARY_WEIGHTS)}")
+        self.vary_weights = {**VARY_WEIGHTS, **(vary_weights or {})}
         self.length, self.group_size, self.size = length, group_size, size
         # `noise`: each image gets Gaussian pixel noise of a std drawn uniformly from [0, noise]; a guide
         # trained on noisy images has smoother, more image-like gradients (noise as cheap robustness)
@@ -67,8 +71,8 @@ class WorldDataset(Dataset):
         if self.split == "train" and float(torch.rand((), generator=g)) < self.free_colour:
             base = replace(base, objects=tuple(free_colour(o, g) for o in base.objects))
         scenes, varied = [base], set()
-        names = list(_VARY_WEIGHTS)
-        weights = torch.tensor([_VARY_WEIGHTS[n] for n in names])
+        names = list(self.vary_weights)
+        weights = torch.tensor([self.vary_weights[n] for n in names])
         # Half of the groups vary one attribute only (e.g. four shapes, all else
         # equal): the loss inside such a group is about that attribute alone.
         single = float(torch.rand((), generator=g)) < self.single_attribute

@@ -82,6 +82,12 @@ def _save_checkpoint(out: Path, model: torch.nn.Module, opt: torch.optim.Optimiz
     (out / "last.tmp.pt").replace(out / "last.pt")
 
 
+def parse_weights(text: str) -> dict[str, float]:
+    """"position=5,lighting=1.5" -> {"position": 5.0, "lighting": 1.5}."""
+    pairs = [item.split("=", 1) for item in text.split(",") if item.strip()]
+    return {k.strip(): float(v) for k, v in pairs}
+
+
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
@@ -107,6 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--resume", action="store_true")
     p.add_argument("--init", type=Path, default=None,
                    help="start from these weights (fine-tuning: new optimiser, step 0)")
+    p.add_argument("--vary", default="", help="hard-negative weights to change, e.g. position=5,lighting=1.5")
     p.add_argument("--noise", type=float, default=0.02, help="largest std of per-image Gaussian pixel noise")
     p.add_argument("--free-colour", type=float, default=0.0,
                    help="fraction of groups whose objects get unnamed off-palette colours")
@@ -142,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
 
     ds = WorldDataset(tokenizer, seed=a.seed, group_size=a.group_size,
                       length=(a.steps + 1) * a.batch_size, free_colour=a.free_colour,
-                      noise=a.noise)
+                      noise=a.noise, vary_weights=parse_weights(a.vary))
     loader = DataLoader(ds, batch_sampler=HardNegativeBatchSampler(ds, a.batch_size, start=step),
                         num_workers=a.workers, worker_init_fn=_worker_init,
                         persistent_workers=False, prefetch_factor=4 if a.workers else None)
