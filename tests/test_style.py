@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -15,6 +17,7 @@ from guidance.clip import tiny_clip
 from guidance.errors import CheckpointError, ParameterError
 from guidance.features import ClipEarlyFeatures, ClipSplit
 
+ROOT = Path(__file__).resolve().parents[1]
 SMALL = dict(size=64, crop_size=32, num_crops=8, progress=False)
 
 
@@ -266,3 +269,30 @@ def test_content_network_uses_vgg19_only_when_its_weights_exist(clip, tmp_path, 
     assert [f.shape[1:] for f in feats] == [(512, 8, 8), (512, 4, 4)]  # conv4_2 at 1/8, conv5_2 at 1/16
     res = clipstyler(photo(19), clip=clip, steps=1, content_weights=str(path), **SMALL)
     assert res.settings["content_features"] == "vgg19-conv4_2-conv5_2"
+
+
+def test_shipped_world_stylizer_does_what_the_prompt_says_as_the_judge_sees_it():
+    """The stylizer in the repo, on a real photo: "a dark photo" darkens it and "a photo on a blue background"
+    makes it bluer, and the world judge (which did not train it) moves toward each prompt."""
+    from generators.style.feedforward import SHIPPED_STYLIZER, resolve_checkpoint
+    from guidance.clip import load_clip
+    from guidance.images import as_tensor, load_image
+
+    photo = ROOT.parent / "shared" / "images" / "content" / "boat.jpg"
+    if not photo.is_file():
+        pytest.skip("shared content photos not present")
+    assert resolve_checkpoint(SHIPPED_STYLIZER).is_file()
+    judge = load_clip("world-judge", device="cpu")
+    src = as_tensor(load_image(photo).resize((128, 96)))
+    dark = stylize(src, prompt="a dark photo", size=None).images
+    blue = stylize(src, prompt="a photo on a blue background", size=None).images
+    assert dark.mean() < 0.7 * src.mean()
+    assert (blue[:, 2] - blue[:, :2].mean(1)).mean() > (src[:, 2] - src[:, :2].mean(1)).mean() + 0.05
+
+    def sim(images, prompt):
+        with torch.inference_mode():
+            small = F.interpolate(images, size=(64, 64), mode="area")
+            return float(judge.encode_image(small) @ judge.encode_text([prompt]).T)
+
+    assert sim(dark, "a dark photo") > sim(src, "a dark photo") + 0.05
+    assert sim(blue, "a photo on a blue background") > sim(src, "a photo on a blue background") + 0.05

@@ -149,23 +149,42 @@ def table(rows: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def card_text(name: str, weights: Path, run_dir: Path, eval_block: str, notes: str = "") -> str:
-    """The whole model card: what it is, data, training facts read from the run, accuracy."""
+def _segment(run_dir: Path) -> tuple[str, dict, dict]:
+    """(command, args, done) of one training run directory, as the card lists it."""
+    done = json.loads((run_dir / "done.json").read_text()) if (run_dir / "done.json").exists() else {}
+    args = json.loads((run_dir / "args.json").read_text()) if (run_dir / "args.json").exists() else {}
+    if not args:
+        return "(run directory not found)", args, done
+    opts = ["model", "init", "steps", "batch_size", "lr", "warmup", "free_colour", "noise", "vary", "seed",
+            "max_minutes", "threads"]
+    parts = [f"--{k.replace('_', '-')} {args[k]}" for k in opts
+             if args.get(k) not in (None, "None", "", "0.0") and k in args]
+    return "python -m world.train_clip " + " ".join(parts) + f" --out {run_dir}", args, done
+
+
+def card_text(name: str, weights: Path, run_dirs: list[Path] | Path, eval_block: str, notes: str = "") -> str:
+    """The whole model card: what it is, data, training facts read from the runs (in order), accuracy."""
     from world.scene import HELDOUT
     from world.train_clip import CONFIG_DIR
 
+    run_dirs = [run_dirs] if isinstance(run_dirs, Path) else list(run_dirs)
     cfg = json.loads((CONFIG_DIR / f"{name}.json").read_text())
-    done = json.loads((run_dir / "done.json").read_text()) if (run_dir / "done.json").exists() else {}
-    args = json.loads((run_dir / "args.json").read_text()) if (run_dir / "args.json").exists() else {}
+    segments = [_segment(d) for d in run_dirs]
+    done = segments[-1][2] if segments else {}
     v, t = cfg["vision_cfg"], cfg["text_cfg"]
     tower = (f"ViT, {v['layers']} layers, width {v['width']}, patch {v['patch_size']}"
              if v.get("patch_size") else f"open_clip ModifiedResNet, width {v['width']}, layers {v['layers']}")
     held = ", ".join(f"{c} {s}" for s, c in sorted(HELDOUT))
-    cmd = (f"python -m world.train_clip --model {name} --steps {args.get('steps')} --batch-size "
-           f"{args.get('batch_size')} --lr {args.get('lr')} --max-minutes {args.get('max_minutes')} "
-           f"--warmup {args.get('warmup')} --threads {args.get('threads')} --seed {args.get('seed')} "
-           f"--out {run_dir}") if args else "(run directory not found)"
     size = weights.stat().st_size / 1e6 if weights.exists() else float("nan")
+    rows = []
+    for cmd, args, d in segments:
+        rows.append(f"| `{cmd}` | {d.get('steps', '?')} | {args.get('batch_size', '?')} | "
+                    f"{d.get('minutes', float('nan')):.1f} | {d.get('cpu_minutes', float('nan')):.1f} |")
+    total_wall = sum(d.get("minutes", 0.0) for _, _, d in segments)
+    total_cpu = sum(d.get("cpu_minutes", 0.0) for _, _, d in segments)
+    training = "\n".join(["| segment (in order) | steps reached | batch | wall min | CPU min |",
+                          "|---|---|---|---|---|", *rows,
+                          f"| total | | | {total_wall:.1f} | {total_cpu:.1f} |"])
     return f"""# {name}
 
 A small CLIP trained from scratch on the project's procedural captioned world
@@ -195,23 +214,28 @@ safetensors, keys exactly `model.state_dict()`, {size:.1f} MB.
 
 ## Data
 
-Rendered on the fly, deterministic per seed: one (75 %) or two objects; shapes,
+Rendered on the fly, deterministic per seed: one (75 %) or two objects; 6 shapes,
 11 colours, 2 sizes, 5 positions (or a left-of / above relation for two
 objects), 5 muted background patterns with a colour, 3 lightings (bright,
 dark, backlit = brightened background and under-exposed object).  Captions come
 from many templates naming random subsets of the attributes.  Batches are made
 of groups of 4 scenes that differ from a base scene in one attribute (hard
 negatives; for two objects also swapped colours), with captions that name the
-varied attributes.  Held out of training: {held}.
+varied attributes.  Fine-tuning segments (`--free-colour`) also paint the
+objects of some groups in random off-palette colours whose captions do not
+name a colour, so shape must be read regardless of colour; such a colour
+counts as its nearest named colour for the held-out rule.  Held out of
+training: {held}.
 
 ## Training
 
-- loss: `open_clip.loss.ClipLoss`; AdamW (wd 0.1, none on embeddings, gains,
-  biases), warmup then cosine decay, also annealed by a wall-clock budget
-- command: `{cmd}`
-- steps done: {done.get('steps', '?')} (batch {args.get('batch_size', '?')}), wall time
-  {done.get('minutes', float('nan')):.1f} min on 2 CPU cores shared with other jobs; CPU time
-  {done.get('cpu_minutes', float('nan')):.1f} min (training process and data worker)
+Loss: `open_clip.loss.ClipLoss`; AdamW (wd 0.1, none on embeddings, gains,
+biases), warmup then cosine decay, also annealed by a wall-clock budget.
+Each segment after the first starts from the previous one's weights
+(`--init`) with a fresh optimiser and schedule.  CPU time counts the training
+process and its data worker; wall time was on 2 cores shared with other jobs.
+
+{training}
 
 ## Accuracy
 
@@ -231,7 +255,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--write-card", action="store_true", help="put the table into world/models/<model>.md")
     p.add_argument("--json", type=Path, default=None)
-    p.add_argument("--run-dir", type=Path, default=None, help="training run (default runs/<model>)")
+    p.add_argument("--run-dir", type=Path, action="append", default=None,
+                   help="training run directory, repeated for segments in order (default runs/<model>)")
     p.add_argument("--notes", type=Path, default=None, help="markdown appended to the card")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -252,7 +277,7 @@ def main(argv: list[str] | None = None) -> None:
                  "captions, zero-shot with short prompts naming one attribute.  Measured by "
                  f"`python -m world.eval_clip --model {a.model} --n {a.n}`.")
         notes = a.notes.read_text() if a.notes else ""
-        card.write_text(card_text(a.model, Path(weights), a.run_dir or Path("runs") / a.model, block, notes))
+        card.write_text(card_text(a.model, Path(weights), a.run_dir or [Path("runs") / a.model], block, notes))
         print(f"wrote {card}")
 
 

@@ -421,12 +421,15 @@ def caption(scene: SceneSpec, generator: torch.Generator,
     m = _mentions(g, frozenset(must_mention))
     if "binding" in m:
         m |= {"colour", "shape"}
-    light_pre = light_suf = None
+    light_pre = light_suf = light_photo = None
     if "lighting" in m:
-        if float(torch.rand((), generator=g)) < 0.5:
+        r = float(torch.rand((), generator=g))
+        if r < 0.35:
             light_pre = _choice(g, _LIGHT_ADJ[scene.lighting])
-        else:
+        elif r < 0.7:
             light_suf = _choice(g, _LIGHT_SUFFIX[scene.lighting])
+        else:  # "a backlit photo of ...": the form of prompts such as "a bright photo"
+            light_photo = _choice(g, _LIGHT_ADJ[scene.lighting])
     objs = scene.objects
     if len(objs) == 1:
         o = objs[0]
@@ -445,6 +448,8 @@ def caption(scene: SceneSpec, generator: torch.Generator,
         text += " " + _bg_phrase(scene, g, "background" in m, "bg_colour" in m)
     if light_suf:
         text += " " + light_suf
+    if light_photo:
+        return f"{_article(light_photo)} {light_photo} {_choice(g, ['photo', 'picture', 'image'])} of {text}"
     return _choice(g, _PREFIX) + text
 
 

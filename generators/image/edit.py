@@ -41,11 +41,11 @@ class EditSettings:
     detail_decay: float = 0.5  # step size of each finer pyramid level relative to the next coarser one
     steps: int = 100
     seed: int = 0
-    lr: float = 0.05
+    lr: float = 0.1
     cutouts: int = 16
     cut_pow: float = 1.0
     min_frac: float = 0.5
-    noise: float = 0.05
+    noise: float = 0.2  # strong pixel noise on the views: the edit must hold up under it, not exploit one CLIP
     templates: str = "plain"
     model: str = DEFAULT_MODEL
     pretrained: str | None = None
