@@ -20,18 +20,20 @@ from guidance.runs import CancelToken, RunResult, StepCallback, check_steps, res
 class GenerateSettings:
     """Every knob of a generate run; a preset for method 'generate' holds exactly these keys."""
 
-    prompt: str = "a red circle"
+    # Defaults suit the default CLIP (world-guide, 64 px scenes of one object): whole-image views under strong
+    # noise and a slow fine level make the image hold up for a second CLIP (the world judge), not just the guide.
+    prompt: str = "a large red circle in the centre on a plain white background"
     steps: int = 150
-    size: int = 128
+    size: int = 64
     batch: int = 1
     seed: int = 0
-    lr: float = 0.05
+    lr: float = 0.1
     cutouts: int = 32
     cut_pow: float = 1.0
-    min_frac: float = 0.5
-    noise: float = 0.05
+    min_frac: float = 1.0
+    noise: float = 0.3
     tv_weight: float = 0.3
-    detail_decay: float = 0.5  # step size of each finer pyramid level relative to the next coarser one
+    detail_decay: float = 0.3  # step size of each finer pyramid level relative to the next coarser one
     templates: str = "plain"
     model: str = DEFAULT_MODEL
     pretrained: str | None = None
