@@ -147,6 +147,13 @@ def test_app_in_headless_chromium(server):
             expect(page.get_by_role("cell", name="browser-look.json")).to_be_visible()
             assert (tmp_path / "presets" / "browser-look.json").is_file()
 
+            # a preset written while the app runs (another tab, a script) shows when the list is opened
+            late = (tmp_path / "presets" / "browser-look.json").read_text().replace("browser-look", "late-look")
+            (tmp_path / "presets" / "late-look.json").write_text(late)
+            page.locator("#generate-preset input").click()
+            expect(page.get_by_role("option", name="late-look")).to_be_visible()
+            page.keyboard.press("Escape")
+
             # style presets cross methods: a CLIPstyler artist preset drives PODA too
             page.get_by_role("tab", name="Style transfer").click()
             page.get_by_role("tab", name="PODA").click()  # a CLIPstyler artist preset drives PODA too
