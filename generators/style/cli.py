@@ -85,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("stylize", help="feed-forward text-conditioned stylizer: one pass per image")
     _common(s)
-    s.add_argument("--checkpoint", help="trained stylizer (.safetensors from train-stylizer)")
+    s.add_argument("--checkpoint", help="trained stylizer (.safetensors from train-stylizer; default: the shipped "
+                   "world stylizer, which knows world prompts)")
     s.add_argument("--no-noise", dest="noise", action="store_false", default=None)
 
     p = sub.add_parser("poda", help="prompt-driven instance normalisation of CLIP features, with a visual preview")
