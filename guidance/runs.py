@@ -7,6 +7,7 @@ a run. A method hands `run_steps` a function doing one step; `run_steps` calls t
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -153,3 +154,22 @@ def run_steps(
     finally:
         bar.close()
     return history, cancelled, time.perf_counter() - start
+
+
+def optimizer_tensors(opt: torch.optim.Optimizer, prefix: str) -> tuple[dict[str, torch.Tensor], str]:
+    """An optimizer's state as flat tensors (``{prefix}.{param index}.{name}``) plus its param groups as JSON:
+    what a safetensors training checkpoint needs for an exact resume (no pickle)."""
+    sd = opt.state_dict()
+    tensors = {f"{prefix}.{i}.{k}": (v if isinstance(v, torch.Tensor) else torch.tensor(v)).detach().contiguous()
+               for i, st in sd["state"].items() for k, v in st.items()}
+    return tensors, json.dumps(sd["param_groups"])
+
+
+def load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], prefix: str, groups: str) -> None:
+    """Restore what `optimizer_tensors` wrote (other keys in `tensors` are ignored)."""
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, v in tensors.items():
+        if key.startswith(prefix + "."):
+            i, k = key[len(prefix) + 1:].split(".", 1)
+            state.setdefault(int(i), {})[k] = v
+    opt.load_state_dict({"state": state, "param_groups": json.loads(groups)})

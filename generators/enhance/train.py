@@ -28,6 +28,7 @@ from tqdm import tqdm
 from guidance.clip import ClipModel, get_clip, tiny_clip
 from guidance.errors import ParameterError
 from guidance.guide import Guide, PromptPairTerm
+from guidance.runs import load_optimizer, optimizer_tensors
 
 from . import checkpoints
 from .clip_lit import BacklitProbabilityTerm, TokenPromptPair, margin_ranking_loss, prompt_init_loss, separation
@@ -113,22 +114,6 @@ def init_network(init: str, generator: torch.Generator) -> EnhanceNet:
         return net
     net = checkpoints.load_network(init)
     return net.train().requires_grad_(True)
-
-
-def _opt_tensors(opt: torch.optim.Optimizer, prefix: str) -> tuple[dict[str, Tensor], str]:
-    sd = opt.state_dict()
-    tensors = {f"{prefix}.{i}.{k}": (v if isinstance(v, Tensor) else torch.tensor(v)).contiguous()
-               for i, st in sd["state"].items() for k, v in st.items()}
-    return tensors, json.dumps(sd["param_groups"])
-
-
-def _load_opt(opt: torch.optim.Optimizer, tensors: dict[str, Tensor], prefix: str, groups: str) -> None:
-    state: dict[int, dict[str, Tensor]] = {}
-    for key, v in tensors.items():
-        if key.startswith(prefix + "."):
-            i, k = key[len(prefix) + 1 :].split(".", 1)
-            state.setdefault(int(i), {})[k] = v
-    opt.load_state_dict({"state": state, "param_groups": json.loads(groups)})
 
 
 class Trainer:
@@ -219,13 +204,13 @@ class Trainer:
     # ------------------------------------------------------------------------------------------ checkpoints
     def state(self) -> tuple[dict[str, Tensor], dict[str, str]]:
         t = {f"net.{k}": v.detach().clone() for k, v in self.net.state_dict().items()}
-        opt_t, opt_groups = _opt_tensors(self.opt, "opt")
+        opt_t, opt_groups = optimizer_tensors(self.opt, "opt")
         t.update(opt_t)
         meta = {"format": FORMAT, "config": json.dumps(asdict(self.config)), "step": str(self.step),
                 "opt_groups": opt_groups}
         if self.prompts is not None:
             t.update({f"prompts.{k}": v.detach().clone() for k, v in self.prompts.state_dict().items()})
-            popt_t, meta["prompt_opt_groups"] = _opt_tensors(self.prompt_opt, "prompt_opt")
+            popt_t, meta["prompt_opt_groups"] = optimizer_tensors(self.prompt_opt, "prompt_opt")
             t.update(popt_t)
         if self.residual is not None:
             t.update({f"residual.{k}": v.detach().clone().float() for k, v in self.residual.tensors().items()})
@@ -262,10 +247,10 @@ class Trainer:
         config = TrainConfig(**json.loads(meta["config"]))
         self = cls(config, data, clip)
         self.net.load_state_dict({k[4:]: v for k, v in t.items() if k.startswith("net.")})
-        _load_opt(self.opt, t, "opt", meta["opt_groups"])
+        load_optimizer(self.opt, t, "opt", meta["opt_groups"])
         if self.prompts is not None:
             self.prompts.load_state_dict({k[8:]: v for k, v in t.items() if k.startswith("prompts.")})
-            _load_opt(self.prompt_opt, t, "prompt_opt", meta["prompt_opt_groups"])
+            load_optimizer(self.prompt_opt, t, "prompt_opt", meta["prompt_opt_groups"])
         if self.residual is not None:
             self.residual = ResidualGuidance.from_tensors({k[9:]: v for k, v in t.items() if k.startswith("residual.")})
         prev = {k[9:]: v for k, v in t.items() if k.startswith("previous.")}

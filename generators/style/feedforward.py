@@ -32,7 +32,16 @@ from guidance.errors import CheckpointError, ParameterError
 from guidance.features import content_loss, content_network
 from guidance.images import as_tensor, load_image
 from guidance.prompts import encode_prompt, parse_prompts
-from guidance.runs import CancelToken, RunResult, StepCallback, check_steps, resolve_settings, run_steps
+from guidance.runs import (
+    CancelToken,
+    RunResult,
+    StepCallback,
+    check_steps,
+    load_optimizer,
+    optimizer_tensors,
+    resolve_settings,
+    run_steps,
+)
 
 NETWORK_KIND = "text-stylizer"
 ROOT = Path(__file__).resolve().parents[2]
@@ -172,15 +181,12 @@ def _save_state(out: Path, net: TextStylizer, opt: torch.optim.Optimizer, gen: t
                 step: int, record: dict[str, Any]) -> None:
     """Network (loadable by `stylize`) + optimizer moments and data RNG (for exact resume), both atomic."""
     save_network(net, out, NETWORK_KIND, {**record, "step": step})
-    tensors: dict[str, torch.Tensor] = {"rng": gen.get_state()}
-    names = {id(p): n for n, p in net.named_parameters()}
-    for group in opt.param_groups:
-        for p in group["params"]:
-            for k, v in opt.state.get(p, {}).items():
-                tensors[f"{names[id(p)]}::{k}"] = v.detach().reshape(v.shape).contiguous().cpu()
+    tensors, groups = optimizer_tensors(opt, "opt")
+    tensors["rng"] = gen.get_state()
     path = _state_path(out)
     tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata={"step": str(step), "record": json.dumps(record, default=str)})
+    save_file(tensors, str(tmp), metadata={"step": str(step), "record": json.dumps(record, default=str),
+                                           "opt_groups": groups})
     os.replace(tmp, path)
 
 
@@ -199,11 +205,11 @@ def _load_state(out: Path, net: TextStylizer, opt: torch.optim.Optimizer, gen: t
     net.load_state_dict(saved.state_dict())
     tensors = load_file(str(path))
     gen.set_state(tensors.pop("rng"))
-    params = dict(net.named_parameters())
-    for key, v in tensors.items():
-        name, k = key.split("::")
-        opt.state[params[name]][k] = v.to(params[name].device)
-    return int(safe_open(str(path), framework="pt").metadata()["step"])
+    header = safe_open(str(path), framework="pt").metadata()
+    if "opt_groups" not in header:
+        raise CheckpointError(f"cannot resume {out}: {path.name} is from an older format; start again with --no-resume")
+    load_optimizer(opt, tensors, "opt", header["opt_groups"])
+    return int(header["step"])
 
 
 def train_stylizer(
