@@ -181,30 +181,6 @@ def test_app_in_headless_chromium(server):
             page.locator("#stylize-run").click()
             expect(page.get_by_text("stylizer checkpoint not found").first).to_be_visible()
 
-            # an edit made with a painted mask: loading its PNG puts the mask back over the picture
-            from generators import api
-
-            picture = Image.new("RGB", (64, 48), (200, 40, 40))
-            painted = Image.new("L", (64, 48), 0)
-            painted.paste(255, (0, 0, 32, 48))
-            made = api.run("edit", image=picture, mask=painted, prompt="a blue square", steps=1, cutouts=2,
-                           clip="tiny").save(tmp_path / "masked-edit.png")
-            picture.save(tmp_path / "picture.png")
-            page.get_by_role("tab", name="Edit").click()
-            page.locator("#edit-image input[type=file]").first.set_input_files(str(tmp_path / "picture.png"))
-            info = page.locator("#edit-preset-info")
-            for _ in range(40):  # the editor hands its picture to the server seconds after it shows it (more on
-                with page.expect_file_chooser() as chooser:  # a loaded machine): load the PNG until it sees it
-                    page.locator("#edit-preset-upload").click()
-                chooser.value.set_files(str(made))
-                page.wait_for_timeout(1500)  # the load handler is unqueued: its answer is in by then
-                if "and its mask" in info.inner_text():
-                    break
-            expect(page.locator("#edit-preset-info")).to_contain_text("and its mask")
-            page.locator("#edit-run").click()  # the restored mask is what the run uses
-            expect(page.locator("#edit-status")).to_contain_text("Done.")
-            expect(page.locator("#edit-record")).to_contain_text('"masked": true')
-
             # edit a real photo: backlit enhancement with the published weights, where they are present
             photo = ROOT.parent / "shared" / "images" / "backlit" / "91_51094235055_o.jpg"
             if photo.is_file() and not (page.locator("#enhance-missing").count()):
