@@ -106,6 +106,12 @@ def check_clip(s: Any) -> str | None:
 
 
 # --------------------------------------------------------------------------------------------------- generate
+# the pyramid setting generate and edit share (generators/image/pyramid.py)
+_DETAIL_DECAY = Control("Detail decay", "how fast fine detail may change relative to coarse shapes "
+                        "(1 = equally; lower = cleaner, flatter images)", kind="slider",
+                        minimum=0.1, maximum=1.0, step=0.05, advanced=True)
+
+
 def _generate_entry() -> Method:
     from generators.image.generate import GenerateSettings, generate
     from guidance.prompts import TEMPLATE_SETS
@@ -127,9 +133,7 @@ def _generate_entry() -> Method:
             "lr": Control("Learning rate", kind="number", advanced=True),
             "cutouts": Control("Cutouts per step", kind="slider", minimum=1, maximum=128, step=1, advanced=True),
             "tv_weight": Control("Smoothness (TV weight)", kind="number", advanced=True),
-            "detail_decay": Control("Detail decay", "how fast fine detail may change relative to coarse shapes "
-                                    "(1 = equally; lower = cleaner, flatter images)", kind="slider",
-                                    minimum=0.1, maximum=1.0, step=0.05, advanced=True),
+            "detail_decay": _DETAIL_DECAY,
             "templates": Control("Prompt templates", kind="dropdown", choices=tuple(sorted(TEMPLATE_SETS)),
                                  advanced=True),
         },
@@ -167,9 +171,7 @@ def _edit_entry() -> Method:
             "steps": Control("Steps", kind="slider", minimum=1, maximum=1000, step=1),
             "seed": Control("Seed", kind="number"),
             "tv_weight": Control("Smoothness (TV weight)", kind="number", advanced=True),
-            "detail_decay": Control("Detail decay", "how fast fine detail may change relative to coarse shapes "
-                                    "(1 = equally; lower = cleaner, flatter images)", kind="slider",
-                                    minimum=0.1, maximum=1.0, step=0.05, advanced=True),
+            "detail_decay": _DETAIL_DECAY,
             "lr": Control("Learning rate", kind="number", advanced=True),
             "cutouts": Control("Cutouts per step", kind="slider", minimum=1, maximum=128, step=1, advanced=True),
             "templates": Control("Prompt templates", kind="dropdown", choices=tuple(sorted(TEMPLATE_SETS)),

@@ -173,9 +173,10 @@ def vary(scene: SceneSpec, attribute: str, generator: torch.Generator) -> SceneS
         options = [v for v in pool if v != cur]
         if attribute == "colour":
             options = [c for c in options if c != scene.bg_colour]
-        objs[i] = replace(o, **{attribute: _choice(g, options)})
+        change = {attribute: _choice(g, options)}
         if attribute == "colour":
-            objs[i] = replace(objs[i], rgb=None)
+            change["rgb"] = None  # a named colour replaces an off-palette one
+        objs[i] = replace(o, **change)
     elif attribute == "position":
         if len(objs) == 1:
             objs[0] = replace(o, position=_choice(g, [p for p in POSITIONS if p != o.position]))

@@ -197,7 +197,10 @@ def _load_state(out: Path, net: TextStylizer, opt: torch.optim.Optimizer, gen: t
     if not out.is_file() or not path.is_file():
         return 0
     saved, meta = load_network(out, NETWORK_KIND)
-    old = json.loads(safe_open(str(path), framework="pt").metadata()["record"])
+    header = safe_open(str(path), framework="pt").metadata()
+    if "opt_groups" not in header:
+        raise CheckpointError(f"cannot resume {out}: {path.name} is from an older format; start again with --no-resume")
+    old = json.loads(header["record"])
     for key in ("ngf", "cond_dim", "n_res", "model", "pretrained", "templates", "size"):
         if old.get(key) != record.get(key):
             raise CheckpointError(f"cannot resume {out}: it was trained with {key}={old.get(key)!r}, "
@@ -205,9 +208,6 @@ def _load_state(out: Path, net: TextStylizer, opt: torch.optim.Optimizer, gen: t
     net.load_state_dict(saved.state_dict())
     tensors = load_file(str(path))
     gen.set_state(tensors.pop("rng"))
-    header = safe_open(str(path), framework="pt").metadata()
-    if "opt_groups" not in header:
-        raise CheckpointError(f"cannot resume {out}: {path.name} is from an older format; start again with --no-resume")
     load_optimizer(opt, tensors, "opt", header["opt_groups"])
     return int(header["step"])
 
