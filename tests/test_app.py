@@ -114,9 +114,9 @@ gradio = pytest.importorskip("gradio")
 from ui.app import (  # noqa: E402
     ClipKitApp,
     build_app,
-    editor_with_mask,
+    mask_painter_value,
+    painted_mask,
     settings_to_values,
-    split_editor,
     values_to_settings,
 )
 
@@ -132,25 +132,27 @@ def test_controls_round_trip_to_settings():
         values_to_settings(m, {**values, "steps": 2.5})
 
 
-def test_editor_paint_becomes_the_mask():
+def test_paint_becomes_the_mask_at_the_picture_size():
     bg = Image.new("RGB", (20, 10), (10, 20, 30))
     layer = Image.new("RGBA", (20, 10), (0, 0, 0, 0))
     layer.paste((255, 0, 255, 255), (5, 0, 10, 10))
-    image, mask = split_editor({"background": bg, "layers": [layer], "composite": bg})
-    assert image.size == (20, 10) and mask is not None
-    arr = torch.from_numpy(np.array(mask)).int()
+    mask = painted_mask({"background": None, "layers": [layer], "composite": None}, (20, 10))
+    arr = torch.from_numpy(np.array(mask)).int()  # the brush alone counts: the painter's picture may be missing
     assert arr[:, 5:10].eq(255).all() and arr[:, :5].eq(0).all() and arr[:, 10:].eq(0).all()
-    assert split_editor({"background": bg, "layers": [Image.new("RGBA", (20, 10))], "composite": bg})[1] is None
+    assert painted_mask({"background": bg, "layers": [layer], "composite": bg}, (40, 20)).size == (40, 20)
+    assert painted_mask({"background": bg, "layers": [Image.new("RGBA", (20, 10))], "composite": bg}, (20, 10)) is None
+    assert painted_mask(None, (20, 10)) is None
 
 
-def test_a_recorded_mask_returns_to_the_editor_as_the_same_mask():
+def test_a_recorded_mask_returns_to_the_painter_as_the_same_mask():
     bg = Image.new("RGB", (20, 10), (10, 20, 30))
     mask = Image.new("L", (20, 10), 0)
     mask.paste(255, (3, 2, 12, 8))
-    value = editor_with_mask({"background": bg, "layers": [], "composite": bg}, mask)
-    image, back = split_editor(value)
-    assert image.size == (20, 10) and np.array_equal(np.array(back), np.array(mask))
-    assert editor_with_mask(None, mask) is None  # no picture to paint on yet
+    value = mask_painter_value(bg, mask)
+    assert value["background"].size == (20, 10)
+    assert np.array_equal(np.array(painted_mask(value, (20, 10))), np.array(mask))
+    assert mask_painter_value(bg)["layers"] == []  # a new picture: nothing painted yet
+    assert mask_painter_value(None, mask) is None  # no picture to paint on yet
 
 
 def test_run_stream_previews_then_saves_a_reproducible_png(tmp_path, fast_generate):

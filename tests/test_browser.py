@@ -181,6 +181,28 @@ def test_app_in_headless_chromium(server):
             page.locator("#stylize-run").click()
             expect(page.get_by_text("stylizer checkpoint not found").first).to_be_visible()
 
+            # an edit made with a painted mask: opening its picture and loading its PNG puts the mask back on
+            # the painter, and Run uses it
+            from generators import api
+
+            picture = Image.new("RGB", (64, 48), (200, 40, 40))
+            painted = Image.new("L", (64, 48), 0)
+            painted.paste(255, (0, 0, 32, 48))
+            made = api.run("edit", image=picture, mask=painted, prompt="a blue square", steps=1, cutouts=2,
+                           clip="tiny").save(tmp_path / "masked-edit.png")
+            picture.save(tmp_path / "picture.png")
+            page.get_by_role("tab", name="Edit").click()
+            page.locator("#edit-image input[type=file]").set_input_files(str(tmp_path / "picture.png"))
+            expect(page.locator("#edit-image img")).to_be_visible()
+            with page.expect_file_chooser() as chooser:
+                page.locator("#edit-preset-upload").click()
+            chooser.value.set_files(str(made))
+            expect(page.locator("#edit-preset-info")).to_contain_text("and its mask")
+            page.locator("#edit-run").click()
+            expect(page.locator("#edit-status")).to_contain_text("Done.")
+            expect(page.locator("#edit-record")).to_contain_text('"masked": true')
+            _shot(page, tmp_path, "app-edit-mask.png")
+
             # edit a real photo: backlit enhancement with the published weights, where they are present
             photo = ROOT.parent / "shared" / "images" / "backlit" / "91_51094235055_o.jpg"
             if photo.is_file() and not (page.locator("#enhance-missing").count()):

@@ -99,17 +99,13 @@ def settings_to_values(m: Method, settings: dict[str, Any]) -> list[Any]:
     return [control_value(m, n, settings[n]) for n in m.field_names()]
 
 
-def split_editor(value: Any) -> tuple[Image.Image | None, Image.Image | None]:
-    """An ImageEditor value -> (RGB image, mask with white where the user painted, or None when unpainted)."""
-    if value is None:
-        return None, None
-    if isinstance(value, Image.Image):
-        return value.convert("RGB"), None
-    background = value.get("background")
-    image = background if background is not None else value.get("composite")
-    if image is None:
-        return None, None
-    image = api.to_rgb(image)
+def painted_mask(value: Any, size: tuple[int, int]) -> Image.Image | None:
+    """The mask painter's value -> mask of `size` with white where the user painted, or None when unpainted.
+
+    Only the brush layers are read: the picture itself always comes from its own plain image input, because
+    Gradio's ImageEditor does not reliably hand its background to the server (measured in headless chromium)."""
+    if not isinstance(value, dict):
+        return None
     painted = None
     for layer in value.get("layers") or []:
         if layer is None:
@@ -117,24 +113,24 @@ def split_editor(value: Any) -> tuple[Image.Image | None, Image.Image | None]:
         alpha = np.asarray(layer.convert("RGBA"))[..., 3] > 0
         painted = alpha if painted is None else (painted | alpha)
     if painted is None or not painted.any():
-        return image, None
-    mask = Image.fromarray(painted.astype(np.uint8) * 255, "L")
-    if mask.size != image.size:
-        mask = mask.resize(image.size, Image.NEAREST)
-    return image, mask
-
-
-def editor_with_mask(value: Any, mask: Image.Image) -> dict[str, Any] | None:
-    """The editor value showing `mask` painted over the editor's current picture (None when it has none).
-
-    Used when a result is loaded back: its recorded mask returns as the brush layer, so Run repeats the edit."""
-    image, _ = split_editor(value)
-    if image is None:
         return None
-    alpha = mask.convert("L").resize(image.size, Image.NEAREST)
-    layer = Image.new("RGBA", image.size, (255, 0, 255, 0))
-    layer.putalpha(alpha)
-    return {"background": image, "layers": [layer], "composite": None}
+    mask = Image.fromarray(painted.astype(np.uint8) * 255, "L")
+    return mask if mask.size == size else mask.resize(size, Image.NEAREST)
+
+
+def mask_painter_value(picture: Any, mask: Image.Image | None = None) -> dict[str, Any] | None:
+    """What the mask painter shows: `picture` to paint on, with `mask` as its brush layer (None: no picture).
+
+    A recorded mask comes back this way when a result is loaded, so Run repeats the edit."""
+    if picture is None:
+        return None
+    image = api.to_rgb(picture)
+    layers = []
+    if mask is not None:
+        layer = Image.new("RGBA", image.size, (255, 0, 255, 0))
+        layer.putalpha(mask.convert("L").resize(image.size, Image.NEAREST))
+        layers.append(layer)
+    return {"background": image, "layers": layers, "composite": None}
 
 
 def format_values(values: dict[str, float]) -> str:
@@ -299,15 +295,18 @@ class ClipKitApp:
         with gr.Row():
             with gr.Column(scale=1):
                 inputs: dict[str, gr.components.Component] = {}
+                painters: dict[str, gr.ImageEditor] = {}
                 for inp in m.inputs:
-                    if inp.mask:
-                        inputs[inp.name] = gr.ImageEditor(
-                            label=inp.label, type="pil", format="png", image_mode="RGB", layers=False,
-                            brush=gr.Brush(colors=["#ff00ff"], color_mode="fixed"), transforms=(),
-                            sources=["upload", "clipboard"], elem_id=f"{m.name}-{inp.name}")
-                    else:
-                        inputs[inp.name] = gr.Image(label=inp.label, type="pil", format="png",
-                                                    sources=["upload", "clipboard"], elem_id=f"{m.name}-{inp.name}")
+                    inputs[inp.name] = gr.Image(label=inp.label, type="pil", format="png",
+                                                sources=["upload", "clipboard"], elem_id=f"{m.name}-{inp.name}")
+                    if inp.mask:  # painted on a copy the server puts there; see painted_mask for why
+                        painters[inp.name] = gr.ImageEditor(
+                            label="Region to change: paint over it (unpainted = the whole picture)", type="pil",
+                            format="png", image_mode="RGB", layers=False, sources=(), transforms=(),
+                            brush=gr.Brush(colors=["#ff00ff"], color_mode="fixed"),
+                            elem_id=f"{m.name}-{inp.name}-mask")
+                        inputs[inp.name].change(mask_painter_value, inputs[inp.name], painters[inp.name],
+                                                queue=False)
                 presets = self._preset_names(m)
                 with gr.Row():
                     preset_dd = gr.Dropdown(presets, value=None, label="Preset", scale=3,
@@ -348,10 +347,12 @@ class ClipKitApp:
 
         control_list = list(controls.values())
 
-        editor = next((inputs[i.name] for i in m.inputs if i.mask), None)
+        masked = next((i.name for i in m.inputs if i.mask), None)
+        editor = painters[masked] if masked else None
+        picture = inputs[masked] if masked else None
         loaded = [*control_list, preset_info, *([editor] if editor is not None else [])]
 
-        def apply(p: Preset, mask: Image.Image | None = None, editor_value: Any = None) -> list[Any]:
+        def apply(p: Preset, mask: Image.Image | None = None, picture_value: Any = None) -> list[Any]:
             if p.method != m.name and p.method not in m.borrows:
                 raise gr.Error(f"'{p.name}' is a preset for method '{p.method}'; open the "
                                f"{methods()[p.method].title if p.method in methods() else p.method} tab to use it")
@@ -364,7 +365,7 @@ class ClipKitApp:
                 shown = settings_to_values(m, values)
             if editor is None:
                 return [*shown, f"Loaded preset **{p.name}**{desc}"]
-            painted = editor_with_mask(editor_value, mask) if mask is not None else None
+            painted = mask_painter_value(picture_value, mask) if mask is not None else None
             if mask is not None:
                 desc += (" and its mask" if painted is not None else
                          ". It was made with a painted mask: open its input picture, then load it again to "
@@ -388,7 +389,7 @@ class ClipKitApp:
                 return unchanged()
             try:
                 mask = api.recorded_mask(file) if Path(file).suffix.lower() == ".png" else None
-                return apply(load_preset(Path(file)), mask, data.get(editor))
+                return apply(load_preset(Path(file)), mask, data.get(picture))
             except ClipKitError as e:
                 raise gr.Error(str(e)) from e
 
@@ -398,7 +399,7 @@ class ClipKitApp:
                 raise gr.Error("select a result in the gallery first")
             try:
                 return apply(preset_from_record(record, name="from-result", source="the selected result"),
-                             api.recorded_mask(record), data.get(editor))
+                             api.recorded_mask(record), data.get(picture))
             except ClipKitError as e:
                 raise gr.Error(str(e)) from e
 
@@ -421,15 +422,13 @@ class ClipKitApp:
             images: dict[str, Any] = {}
             for inp in m.inputs:
                 value = data[inputs[inp.name]]
+                if value is None:
+                    raise gr.Error(f"upload an image first ({inp.label})")
+                images[inp.name] = api.to_rgb(value)
                 if inp.mask:
-                    image, mask = split_editor(value)
+                    mask = painted_mask(data[painters[inp.name]], images[inp.name].size)
                     if mask is not None:
                         images["mask"] = mask
-                else:
-                    image = api.to_rgb(value) if value is not None else None
-                if image is None:
-                    raise gr.Error(f"upload an image first ({inp.label})")
-                images[inp.name] = image
             try:
                 for kind, payload in self.run_stream(m, settings, images, self.key(request, m), progress):
                     if kind == "preview":
@@ -461,14 +460,14 @@ class ClipKitApp:
             e = entries[evt.index]
             return e.record, e.path
 
-        with_editor = {editor} if editor is not None else set()
+        with_picture = {picture} if picture is not None else set()
         preset_dd.focus(lambda: gr.update(choices=self._preset_names(m)), None, preset_dd, queue=False)
         preset_dd.input(on_preset, preset_dd, loaded, queue=False)
-        upload.upload(on_upload, {upload, *with_editor}, loaded, queue=False)
-        reuse_btn.click(on_reuse, {record_json, *with_editor}, loaded, queue=False)
+        upload.upload(on_upload, {upload, *with_picture}, loaded, queue=False)
+        reuse_btn.click(on_reuse, {record_json, *with_picture}, loaded, queue=False)
         save_btn.click(on_save, {save_name, save_desc, *control_list}, [preset_file, preset_dd, preset_info],
                        queue=False)
-        run_inputs = {*control_list, *inputs.values(), history}
+        run_inputs = {*control_list, *inputs.values(), *painters.values(), history}
         def on_arm(request: gr.Request) -> str:
             return self.arm(self.key(request, m))
 

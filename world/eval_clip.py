@@ -155,10 +155,11 @@ def _segment(run_dir: Path) -> tuple[str, dict, dict]:
     args = json.loads((run_dir / "args.json").read_text()) if (run_dir / "args.json").exists() else {}
     if not args:
         return "(run directory not found)", args, done
-    opts = ["model", "init", "steps", "batch_size", "lr", "warmup", "free_colour", "noise", "vary", "seed",
-            "max_minutes", "threads"]
+    opts = ["model", "init", "steps", "batch_size", "lr", "warmup", "free_colour", "noise", "vary", "easy",
+            "easy_steps", "seed", "max_minutes", "threads"]
+    unset = {k: ("0",) for k in ("easy_steps", "max_minutes")}
     parts = [f"--{k.replace('_', '-')} {args[k]}" for k in opts
-             if args.get(k) not in (None, "None", "", "0.0") and k in args]
+             if k in args and args[k] not in (None, "None", "", "0.0", *unset.get(k, ()))]
     return "python -m world.train_clip " + " ".join(parts) + f" --out {run_dir}", args, done
 
 
@@ -224,7 +225,9 @@ negatives; for two objects also swapped colours), with captions that name the
 varied attributes.  Fine-tuning segments (`--free-colour`) also paint the
 objects of some groups in random off-palette colours whose captions do not
 name a colour, so shape must be read regardless of colour; such a colour
-counts as its nearest named colour for the held-out rule.  Held out of
+counts as its nearest named colour for the held-out rule.  A curriculum
+(`--easy`) builds a falling share of the groups on easy scenes (one object on
+a plain background in bright light) early in training.  Held out of
 training: {held}.
 
 ## Training

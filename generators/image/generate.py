@@ -34,6 +34,7 @@ class GenerateSettings:
     noise: float = 0.3
     tv_weight: float = 0.3
     detail_decay: float = 0.3  # step size of each finer pyramid level relative to the next coarser one
+    init_std: float = 0.5  # spread of the starting noise (summed over pyramid levels, in logit units)
     templates: str = "plain"
     model: str = DEFAULT_MODEL
     pretrained: str | None = None
@@ -47,6 +48,8 @@ class GenerateSettings:
             raise ParameterError(f"batch={self.batch} must be in 1..64")
         if not 0 < self.detail_decay <= 1:
             raise ParameterError(f"detail_decay={self.detail_decay} must be in (0, 1]")
+        if not 0 <= self.init_std <= 5:
+            raise ParameterError(f"init_std={self.init_std} must be in [0, 5]")
         if not 0 < self.lr <= 10:
             raise ParameterError(f"lr={self.lr} must be in (0, 10]")
         if not 0 <= self.tv_weight <= 1e4:
@@ -69,7 +72,7 @@ def generate(
     s = resolve_settings(GenerateSettings, settings, overrides)
     clip, t_load = timed(lambda: clip or get_clip(s.model, s.pretrained))
     gen = torch.Generator().manual_seed(s.seed)
-    image = PyramidImage(s.size, s.batch, generator=gen, decay=s.detail_decay).to(clip.device)
+    image = PyramidImage(s.size, s.batch, generator=gen, decay=s.detail_decay, init_std=s.init_std).to(clip.device)
     guide = Guide(
         clip,
         [
