@@ -116,6 +116,21 @@ def test_dataset_groups_and_sampler() -> None:
     assert seeded(1, "a").initial_seed() == seeded(1, "a").initial_seed()
 
 
+def test_curriculum_starts_easy_and_fades_to_the_full_world() -> None:
+    ds = WorldDataset(None, seed=0, group_size=4, length=4 * 400, easy=1.0, easy_groups=200)
+
+    def easy(data: WorldDataset, group: int) -> bool:
+        base = data.scene_and_caption(4 * group)[0]
+        return len(base.objects) == 1 and base.background == "plain" and base.lighting == "bright"
+
+    early = sum(easy(ds, g) for g in range(20))
+    late = sum(easy(ds, g) for g in range(200, 260))
+    assert early >= 18, early  # almost all: p = 1 - g/200 > 0.9
+    assert late <= 6, late  # the full world: easy only by chance (3/4 one-object * 1/5 plain * 1/3 bright)
+    held = WorldDataset(None, seed=0, split="heldout", group_size=4, length=400, easy=1.0, easy_groups=200)
+    assert sum(easy(held, g) for g in range(20)) <= 6  # evaluation data is never made easy
+
+
 @pytest.fixture(scope="module")
 def world_registry() -> None:
     from world.train_clip import register_configs
