@@ -157,7 +157,7 @@ def _edit_entry() -> Method:
                     "that region (pixels outside it stay exactly as they were).",
         settings_cls=EditSettings,
         runner=run,
-        inputs=(ImageInput("image", "Image to edit (paint the region to change; no paint = whole image)",
+        inputs=(ImageInput("image", "Image to edit",
                            mask=True),),
         controls={
             "prompt": Control("Prompt", "weighted prompts: 'a blue star:1 | red:-0.5'; may stay empty",

@@ -136,22 +136,30 @@ def test_paint_becomes_the_mask_at_the_picture_size():
     bg = Image.new("RGB", (20, 10), (10, 20, 30))
     layer = Image.new("RGBA", (20, 10), (0, 0, 0, 0))
     layer.paste((255, 0, 255, 255), (5, 0, 10, 10))
-    mask = painted_mask({"background": None, "layers": [layer], "composite": None}, (20, 10))
+    mask = painted_mask({"background": None, "layers": [layer], "composite": None}, bg)
     arr = torch.from_numpy(np.array(mask)).int()  # the brush alone counts: the painter's picture may be missing
     assert arr[:, 5:10].eq(255).all() and arr[:, :5].eq(0).all() and arr[:, 10:].eq(0).all()
-    assert painted_mask({"background": bg, "layers": [layer], "composite": bg}, (40, 20)).size == (40, 20)
-    assert painted_mask({"background": bg, "layers": [Image.new("RGBA", (20, 10))], "composite": bg}, (20, 10)) is None
-    assert painted_mask(None, (20, 10)) is None
+    assert painted_mask({"background": bg, "layers": [layer], "composite": bg}, bg.resize((40, 20))).size == (40, 20)
+    unpainted = {"background": bg, "layers": [Image.new("RGBA", (20, 10))], "composite": bg}
+    assert painted_mask(unpainted, bg) is None and painted_mask(None, bg) is None
 
 
-def test_a_recorded_mask_returns_to_the_painter_as_the_same_mask():
-    bg = Image.new("RGB", (20, 10), (10, 20, 30))
+def test_a_recorded_mask_shows_as_a_tint_and_comes_back_as_the_same_mask():
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (10, 20, 3), dtype=np.uint8)
+    pixels[0, 0] = (255, 0, 255)  # already magenta: tinted green instead, still found
+    bg = Image.fromarray(pixels, "RGB")
     mask = Image.new("L", (20, 10), 0)
-    mask.paste(255, (3, 2, 12, 8))
+    mask.paste(255, (0, 0, 12, 8))
     value = mask_painter_value(bg, mask)
-    assert value["background"].size == (20, 10)
-    assert np.array_equal(np.array(painted_mask(value, (20, 10))), np.array(mask))
-    assert mask_painter_value(bg)["layers"] == []  # a new picture: nothing painted yet
+    shown = np.asarray(value["background"])
+    assert (shown[8:, :] == pixels[8:, :]).all() and (shown[:, 12:] == pixels[:, 12:]).all()  # untinted outside
+    assert np.array_equal(np.array(painted_mask(value, bg)), np.array(mask))
+    stroke = Image.new("RGBA", (20, 10), (0, 0, 0, 0))
+    stroke.paste((255, 0, 255, 255), (15, 9, 20, 10))  # painting more adds to the recorded mask
+    both = np.array(painted_mask({**value, "layers": [stroke]}, bg)) > 0
+    assert both[9, 15:].all() and both[:8, :12].all() and both.sum() == 12 * 8 + 5
+    assert mask_painter_value(bg)["background"].tobytes() == bg.tobytes()  # a new picture: nothing painted
     assert mask_painter_value(None, mask) is None  # no picture to paint on yet
 
 

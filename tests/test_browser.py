@@ -18,6 +18,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -194,10 +195,23 @@ def test_app_in_headless_chromium(server):
             page.get_by_role("tab", name="Edit").click()
             page.locator("#edit-image input[type=file]").set_input_files(str(tmp_path / "picture.png"))
             expect(page.locator("#edit-image img")).to_be_visible()
+            page.locator("#edit-prompt textarea").fill("a blue square")
+            page.locator("#edit-steps input[type=number]").fill("2")
+            page.locator("#edit-steps input[type=number]").press("Enter")
+            page.locator("#edit-run").click()  # nothing painted: the whole picture is edited
+            expect(page.locator("#edit-status")).to_contain_text("Done.")
+            expect(page.locator("#edit-record")).to_contain_text('"masked": false')
             with page.expect_file_chooser() as chooser:
                 page.locator("#edit-preset-upload").click()
             chooser.value.set_files(str(made))
             expect(page.locator("#edit-preset-info")).to_contain_text("and its mask")
+            page.wait_for_timeout(1000)
+            shown = tmp_path / "painter.png"
+            page.locator("#edit-image-mask").screenshot(path=str(shown))
+            with Image.open(shown) as im:
+                px = np.asarray(im.convert("RGB"), dtype=np.int16).reshape(-1, 3)
+            tinted = int((np.abs(px - (227, 20, 147)).max(-1) < 8).sum())  # (200, 40, 40) half-way to magenta
+            assert tinted > 0.05 * len(px), f"the restored mask is not shown ({tinted} of {len(px)} px tinted)"
             page.locator("#edit-run").click()
             expect(page.locator("#edit-status")).to_contain_text("Done.")
             expect(page.locator("#edit-record")).to_contain_text('"masked": true')

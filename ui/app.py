@@ -99,38 +99,51 @@ def settings_to_values(m: Method, settings: dict[str, Any]) -> list[Any]:
     return [control_value(m, n, settings[n]) for n in m.field_names()]
 
 
-def painted_mask(value: Any, size: tuple[int, int]) -> Image.Image | None:
-    """The mask painter's value -> mask of `size` with white where the user painted, or None when unpainted.
+TINT_MIN_DIFF = 24  # a tinted pixel differs from the picture by >= 29 in some channel; PNG keeps it exact
 
-    Only the brush layers are read: the picture itself always comes from its own plain image input, because
-    Gradio's ImageEditor does not reliably hand its background to the server (measured in headless chromium)."""
+
+def _tint_colours(rgb: np.ndarray) -> np.ndarray:
+    """Magenta, or green where the pixel is near magenta already, so every tinted pixel visibly changes."""
+    magenta, green = np.array([255, 0, 255]), np.array([0, 255, 0])
+    near = np.linalg.norm(rgb.astype(np.float32) - magenta, axis=-1, keepdims=True) < 100
+    return np.where(near, green, magenta)
+
+
+def painted_mask(value: Any, picture: Image.Image) -> Image.Image | None:
+    """The mask painter's value -> mask at the picture's size, white where painted or tinted; None when neither.
+
+    Brush strokes come as layers. A recorded mask is shown as a tint of the painter's picture (Gradio 6.31's
+    editor does not draw layers the server sets), so pixels where the painter's picture differs from the real
+    one count as painted too. The picture itself always comes from its own plain image input, because the
+    ImageEditor does not reliably hand its own upload to the server (measured in headless chromium)."""
     if not isinstance(value, dict):
         return None
-    painted = None
+    size = picture.size
+    painted = np.zeros((size[1], size[0]), dtype=bool)
     for layer in value.get("layers") or []:
-        if layer is None:
-            continue
-        alpha = np.asarray(layer.convert("RGBA"))[..., 3] > 0
-        painted = alpha if painted is None else (painted | alpha)
-    if painted is None or not painted.any():
-        return None
-    mask = Image.fromarray(painted.astype(np.uint8) * 255, "L")
-    return mask if mask.size == size else mask.resize(size, Image.NEAREST)
+        if layer is not None:
+            painted |= np.asarray(layer.convert("RGBA").resize(size, Image.NEAREST))[..., 3] > 0
+    shown = value.get("background")
+    if shown is not None and shown.size == size:
+        diff = np.abs(np.asarray(shown.convert("RGB"), np.int16) - np.asarray(picture.convert("RGB"), np.int16))
+        painted |= diff.max(-1) >= TINT_MIN_DIFF
+    return Image.fromarray(painted.astype(np.uint8) * 255, "L") if painted.any() else None
 
 
 def mask_painter_value(picture: Any, mask: Image.Image | None = None) -> dict[str, Any] | None:
-    """What the mask painter shows: `picture` to paint on, with `mask` as its brush layer (None: no picture).
+    """What the mask painter shows: `picture` to paint on, tinted half-way to magenta where `mask` is white.
 
-    A recorded mask comes back this way when a result is loaded, so Run repeats the edit."""
+    A recorded mask comes back this way when a result is loaded, so the user sees it and Run repeats the edit
+    (see `painted_mask`). None when there is no picture yet."""
     if picture is None:
         return None
     image = api.to_rgb(picture)
-    layers = []
     if mask is not None:
-        layer = Image.new("RGBA", image.size, (255, 0, 255, 0))
-        layer.putalpha(mask.convert("L").resize(image.size, Image.NEAREST))
-        layers.append(layer)
-    return {"background": image, "layers": layers, "composite": None}
+        rgb = np.asarray(image)
+        where = np.asarray(mask.convert("L").resize(image.size, Image.NEAREST))[..., None] > 127
+        tinted = (rgb.astype(np.uint16) + _tint_colours(rgb)) // 2
+        image = Image.fromarray(np.where(where, tinted, rgb).astype(np.uint8), "RGB")
+    return {"background": image, "layers": [], "composite": None}
 
 
 def format_values(values: dict[str, float]) -> str:
@@ -426,7 +439,7 @@ class ClipKitApp:
                     raise gr.Error(f"upload an image first ({inp.label})")
                 images[inp.name] = api.to_rgb(value)
                 if inp.mask:
-                    mask = painted_mask(data[painters[inp.name]], images[inp.name].size)
+                    mask = painted_mask(data[painters[inp.name]], images[inp.name])
                     if mask is not None:
                         images["mask"] = mask
             try:
