@@ -198,24 +198,51 @@ def test_app_in_headless_chromium(server):
             page.locator("#edit-prompt textarea").fill("a blue square")
             page.locator("#edit-steps input[type=number]").fill("2")
             page.locator("#edit-steps input[type=number]").press("Enter")
-            page.locator("#edit-run").click()  # nothing painted: the whole picture is edited
-            expect(page.locator("#edit-status")).to_contain_text("Done.")
-            expect(page.locator("#edit-record")).to_contain_text('"masked": false')
+            results = tmp_path / "results"
+
+            def run_edit() -> Path:
+                """Press Run and wait for its result file; returns it."""
+                before = set(results.glob("edit-*.png"))
+                page.locator("#edit-run").click()
+                for _ in range(STEP_TIMEOUT_MS // 250):
+                    made_now = set(results.glob("edit-*.png")) - before
+                    if made_now:
+                        return made_now.pop()
+                    page.wait_for_timeout(250)
+                raise AssertionError("the edit run wrote no result")
+
+            assert api.recorded_mask(run_edit()) is None  # nothing painted: the whole picture is edited
+            # an edit PNG's mask comes back, shown as a tint, and the next run uses it
             with page.expect_file_chooser() as chooser:
                 page.locator("#edit-preset-upload").click()
             chooser.value.set_files(str(made))
             expect(page.locator("#edit-preset-info")).to_contain_text("and its mask")
-            page.wait_for_timeout(1000)
             shown = tmp_path / "painter.png"
-            page.locator("#edit-image-mask").screenshot(path=str(shown))
-            with Image.open(shown) as im:
-                px = np.asarray(im.convert("RGB"), dtype=np.int16).reshape(-1, 3)
-            tinted = int((np.abs(px - (227, 20, 147)).max(-1) < 8).sum())  # (200, 40, 40) half-way to magenta
+            for _ in range(40):  # the painter draws its new picture a moment after the answer arrives
+                page.wait_for_timeout(500)
+                page.locator("#edit-image-mask").screenshot(path=str(shown))
+                with Image.open(shown) as im:
+                    px = np.asarray(im.convert("RGB"), dtype=np.int16).reshape(-1, 3)
+                tinted = int((np.abs(px - (227, 20, 147)).max(-1) < 8).sum())  # (200, 40, 40) half-way to magenta
+                if tinted > 0.05 * len(px):
+                    break
             assert tinted > 0.05 * len(px), f"the restored mask is not shown ({tinted} of {len(px)} px tinted)"
-            page.locator("#edit-run").click()
-            expect(page.locator("#edit-status")).to_contain_text("Done.")
-            expect(page.locator("#edit-record")).to_contain_text('"masked": true')
+            again = api.recorded_mask(run_edit())
+            assert np.array_equal(np.asarray(again), np.asarray(painted)), "the run did not use the restored mask"
             _shot(page, tmp_path, "app-edit-mask.png")
+            # paint by hand over it: the stroke adds to the restored mask, the rest stays unpainted
+            page.locator("#edit-image-mask button[aria-label='Brush']").first.click(timeout=5000)
+            box = page.locator("#edit-image-mask canvas").first.bounding_box()
+            cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+            page.mouse.move(cx - 40, cy)
+            page.mouse.down()
+            page.mouse.move(cx + 40, cy, steps=12)
+            page.mouse.up()
+            page.wait_for_timeout(500)
+            stroke = np.asarray(api.recorded_mask(run_edit())) > 0
+            h, w = stroke.shape  # the brush is wide on a 64 x 48 picture, but the right corners stay unpainted
+            assert stroke[:, : w // 2].all() and stroke[h // 2, w // 2 + 4] and not stroke[[0, -1], [-1, -1]].any()
+            _shot(page, tmp_path, "app-edit-stroke.png")
 
             # edit a real photo: backlit enhancement with the published weights, where they are present
             photo = ROOT.parent / "shared" / "images" / "backlit" / "91_51094235055_o.jpg"

@@ -313,9 +313,10 @@ class ClipKitApp:
                     inputs[inp.name] = gr.Image(label=inp.label, type="pil", format="png",
                                                 sources=["upload", "clipboard"], elem_id=f"{m.name}-{inp.name}")
                     if inp.mask:  # painted on a copy the server puts there; see painted_mask for why
+                        # RGBA: with image_mode="RGB" Gradio hands the brush layer over without its alpha
                         painters[inp.name] = gr.ImageEditor(
                             label="Region to change: paint over it (unpainted = the whole picture)", type="pil",
-                            format="png", image_mode="RGB", layers=False, sources=(), transforms=(),
+                            format="png", image_mode="RGBA", layers=False, sources=(), transforms=(),
                             brush=gr.Brush(colors=["#ff00ff"], color_mode="fixed"),
                             elem_id=f"{m.name}-{inp.name}-mask")
                         inputs[inp.name].change(mask_painter_value, inputs[inp.name], painters[inp.name],
