@@ -64,8 +64,8 @@ def main() -> None:
     for variant in [""] + a.set:
         overrides = parse_set([x for x in variant.split(",") if x])
         t0 = time.perf_counter()
-        images = generate(clip=guide, prompt=a.prompt, batch=a.batch, seed=a.seed, progress=False,
-                          **overrides).images
+        run = {"prompt": a.prompt, "batch": a.batch, "seed": a.seed, **overrides}
+        images = generate(clip=guide, progress=False, **run).images
         seconds = time.perf_counter() - t0
         with torch.inference_mode():
             prob = (judge.model.logit_scale.exp() * judge.encode_image(images) @ text.T).softmax(-1)
