@@ -212,7 +212,20 @@ def test_app_in_headless_chromium(server):
                 raise AssertionError("the edit run wrote no result")
 
             assert api.recorded_mask(run_edit()) is None  # nothing painted: the whole picture is edited
-            # an edit PNG's mask comes back, shown as a tint, and the next run uses it
+            # paint by hand: the run's mask is the stroke, not the picture
+            page.locator("#edit-image-mask button[aria-label='Brush']").first.click(timeout=5000)
+            box = page.locator("#edit-image-mask canvas").first.bounding_box()
+            cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+            page.mouse.move(cx - 40, cy)
+            page.mouse.down()
+            page.mouse.move(cx + 40, cy, steps=12)
+            page.mouse.up()
+            page.wait_for_timeout(500)
+            stroke = np.asarray(api.recorded_mask(run_edit())) > 0
+            h, w = stroke.shape  # the brush is wide on a 64 x 48 picture, but the corners stay unpainted
+            assert stroke[h // 2, w // 2] and not stroke[[0, 0, -1, -1], [0, -1, 0, -1]].any(), stroke.mean()
+            _shot(page, tmp_path, "app-edit-stroke.png")
+            # an edit PNG's mask comes back in place of the strokes, shown as a tint, and the next run uses it
             with page.expect_file_chooser() as chooser:
                 page.locator("#edit-preset-upload").click()
             chooser.value.set_files(str(made))
@@ -230,19 +243,6 @@ def test_app_in_headless_chromium(server):
             again = api.recorded_mask(run_edit())
             assert np.array_equal(np.asarray(again), np.asarray(painted)), "the run did not use the restored mask"
             _shot(page, tmp_path, "app-edit-mask.png")
-            # paint by hand over it: the stroke adds to the restored mask, the rest stays unpainted
-            page.locator("#edit-image-mask button[aria-label='Brush']").first.click(timeout=5000)
-            box = page.locator("#edit-image-mask canvas").first.bounding_box()
-            cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
-            page.mouse.move(cx - 40, cy)
-            page.mouse.down()
-            page.mouse.move(cx + 40, cy, steps=12)
-            page.mouse.up()
-            page.wait_for_timeout(500)
-            stroke = np.asarray(api.recorded_mask(run_edit())) > 0
-            h, w = stroke.shape  # the brush is wide on a 64 x 48 picture, but the right corners stay unpainted
-            assert stroke[:, : w // 2].all() and stroke[h // 2, w // 2 + 4] and not stroke[[0, -1], [-1, -1]].any()
-            _shot(page, tmp_path, "app-edit-stroke.png")
 
             # edit a real photo: backlit enhancement with the published weights, where they are present
             photo = ROOT.parent / "shared" / "images" / "backlit" / "91_51094235055_o.jpg"

@@ -364,7 +364,11 @@ class ClipKitApp:
         masked = next((i.name for i in m.inputs if i.mask), None)
         editor = painters[masked] if masked else None
         picture = inputs[masked] if masked else None
-        loaded = [*control_list, preset_info, *([editor] if editor is not None else [])]
+        # A loaded mask goes to the painter in steps: the browser first clears the painter's canvas (set straight
+        # over the user's strokes, Gradio 6.31's editor stays on its loading spinner; measured in the browser
+        # test), then the server shows the mask. Without a mask to show, the painter is left alone.
+        pending = gr.State(None) if editor is not None else None
+        loaded = [*control_list, preset_info, *([pending] if editor is not None else [])]
 
         def apply(p: Preset, mask: Image.Image | None = None, picture_value: Any = None) -> list[Any]:
             if p.method != m.name and p.method not in m.borrows:
@@ -384,10 +388,10 @@ class ClipKitApp:
                 desc += (" and its mask" if painted is not None else
                          ". It was made with a painted mask: open its input picture, then load it again to "
                          "get the mask back")
-            return [*shown, f"Loaded preset **{p.name}**{desc}", painted if painted is not None else gr.update()]
+            return [*shown, f"Loaded preset **{p.name}**{desc}", painted]
 
         def unchanged() -> list[Any]:
-            return [gr.update() for _ in control_list] + [""] + ([gr.update()] if editor is not None else [])
+            return [gr.update() for _ in control_list] + [""] + ([None] if editor is not None else [])
 
         def on_preset(name: str | None) -> list[Any]:
             if not name:
@@ -477,8 +481,14 @@ class ClipKitApp:
         with_picture = {picture} if picture is not None else set()
         preset_dd.focus(lambda: gr.update(choices=self._preset_names(m)), None, preset_dd, queue=False)
         preset_dd.input(on_preset, preset_dd, loaded, queue=False)
-        upload.upload(on_upload, {upload, *with_picture}, loaded, queue=False)
-        reuse_btn.click(on_reuse, {record_json, *with_picture}, loaded, queue=False)
+        loads = [upload.upload(on_upload, {upload, *with_picture}, loaded, queue=False),
+                 reuse_btn.click(on_reuse, {record_json, *with_picture}, loaded, queue=False)]
+        if editor is not None:
+            clear_js = (f"(v) => {{ if (v) document.querySelector("
+                        f"'#{editor.elem_id} button[aria-label=\"Clear canvas\"]')?.click(); return v; }}")
+            for event in loads:
+                event.then(None, pending, pending, js=clear_js, queue=False).then(
+                    lambda value: gr.update() if value is None else value, pending, editor, queue=False)
         save_btn.click(on_save, {save_name, save_desc, *control_list}, [preset_file, preset_dd, preset_info],
                        queue=False)
         run_inputs = {*control_list, *inputs.values(), *painters.values(), history}
