@@ -24,9 +24,9 @@ sys.path.insert(0, str(ROOT))
 
 from generators.image.generate import generate  # noqa: E402
 from guidance.clip import load_clip  # noqa: E402
-from world.scene import COLOURS, SHAPES  # noqa: E402
+from world.scene import ONE_OBJECT_CAPTIONS  # noqa: E402
 
-ONE_OBJECT = [f"a {c} {s}" for c in COLOURS for s in SHAPES]
+ONE_OBJECT = list(ONE_OBJECT_CAPTIONS)
 
 
 def parse_set(items: list[str]) -> dict[str, object]:

@@ -15,7 +15,16 @@ from generators.image.generate import generate
 from generators.image.pyramid import PyramidImage
 from guidance import losses
 from guidance.clip import load_clip
-from world.scene import COLOURS, SHAPES, ObjectSpec, SceneSpec, nearest_colour, render, render_batch, sample_scene
+from world.scene import (
+    COLOURS,
+    ONE_OBJECT_CAPTIONS,
+    ObjectSpec,
+    SceneSpec,
+    nearest_colour,
+    render,
+    render_batch,
+    sample_scene,
+)
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +51,7 @@ def red_circle(size: int = 64, background: str = "white", lighting: str = "brigh
     return render(scene, size)[None]
 
 
-ONE_OBJECT = [f"a {c} {s}" for c in COLOURS for s in SHAPES]
+ONE_OBJECT = list(ONE_OBJECT_CAPTIONS)
 
 
 def judged(clip, images: torch.Tensor) -> str:

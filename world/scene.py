@@ -32,6 +32,8 @@ POSITIONS: tuple[str, ...] = ("left", "right", "top", "bottom", "centre")
 BACKGROUNDS: tuple[str, ...] = ("plain", "gradient", "stripes", "dots", "checker")
 LIGHTINGS: tuple[str, ...] = ("bright", "dark", "backlit")
 ATTRIBUTES: tuple[str, ...] = ("colour", "shape", "size", "position", "background", "lighting")
+# "a red circle", ...: every one-object caption, the label set the judge ranks generated images among
+ONE_OBJECT_CAPTIONS: tuple[str, ...] = tuple(f"a {c} {s}" for c in COLOURS for s in SHAPES)
 
 # (shape, colour) pairs never rendered in the train split: evaluation measures
 # whether the models learned attributes rather than memorised conjunctions.
