@@ -49,13 +49,16 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", action="append", default=[], metavar="K=V[,K=V]",
                    help="a variant: settings overrides, comma-separated; repeat for more variants")
+    p.add_argument("--guide", default=None, help="guide weights (default: the shipped world-guide)")
+    p.add_argument("--judge", default=None, help="judge weights (default: the shipped world-judge)")
     p.add_argument("--threads", type=int, default=2)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     target = a.target or a.prompt
     if target not in ONE_OBJECT:
         p.error(f"--target must be one of the one-object captions, e.g. 'a red circle'; got {target!r}")
-    guide, judge = load_clip("world-guide", device="cpu"), load_clip("world-judge", device="cpu")
+    guide = load_clip("world-guide", pretrained=a.guide, device="cpu")
+    judge = load_clip("world-judge", pretrained=a.judge, device="cpu")
     with torch.inference_mode():
         text = judge.encode_text(ONE_OBJECT)
     k = ONE_OBJECT.index(target)

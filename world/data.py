@@ -18,7 +18,7 @@ from dataclasses import replace
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from world.scene import SceneSpec, caption, free_colour, is_heldout, render_batch, sample_scene, vary
+from world.scene import SceneSpec, caption, free_colour, is_heldout, render_batch, sample_scene, shaded, vary
 
 MEAN = (0.48145466, 0.4578275, 0.40821073)  # open_clip's OPENAI_DATASET_MEAN / STD,
 STD = (0.26862954, 0.26130258, 0.27577711)  # the default preprocess of our configs
@@ -51,9 +51,9 @@ class WorldDataset(Dataset):
                  length: int = 10_000_000, group_size: int = 4, size: int = 64,
                  noise: float = 0.02, normalized: bool = True, single_attribute: float = 0.5,
                  free_colour: float = 0.0, vary_weights: dict[str, float] | None = None,
-                 easy: float = 0.0, easy_groups: int = 0) -> None:
+                 easy: float = 0.0, easy_groups: int = 0, shade: float = 0.0) -> None:
         self.tokenizer, self.seed, self.split = tokenizer, seed, split
-        self.free_colour = free_colour
+        self.free_colour, self.shade = free_colour, shade
         # Curriculum: group k's base scene is "easy" (one object, plain background, bright light)
         # with probability easy * (1 - k / easy_groups), so shape is learned on clean
         # silhouettes before clutter; shape stayed near chance for 5,000 steps without it.
@@ -79,6 +79,8 @@ class WorldDataset(Dataset):
             base = sample_scene(g, self.split)
         if self.split == "train" and float(torch.rand((), generator=g)) < self.free_colour:
             base = replace(base, objects=tuple(free_colour(o, g) for o in base.objects))
+        elif self.split == "train" and self.shade > 0:
+            base = replace(base, objects=tuple(shaded(o, self.shade, g) for o in base.objects))
         scenes, varied = [base], set()
         names = list(self.vary_weights)
         weights = torch.tensor([self.vary_weights[n] for n in names])

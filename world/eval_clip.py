@@ -155,7 +155,7 @@ def _segment(run_dir: Path) -> tuple[str, dict, dict]:
     args = json.loads((run_dir / "args.json").read_text()) if (run_dir / "args.json").exists() else {}
     if not args:
         return "(run directory not found)", args, done
-    opts = ["model", "init", "steps", "batch_size", "lr", "warmup", "free_colour", "noise", "vary", "easy",
+    opts = ["model", "init", "steps", "batch_size", "lr", "warmup", "free_colour", "shade", "noise", "vary", "easy",
             "easy_steps", "seed", "max_minutes", "threads"]
     unset = {k: ("0",) for k in ("easy_steps", "max_minutes")}
     parts = [f"--{k.replace('_', '-')} {args[k]}" for k in opts
