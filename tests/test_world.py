@@ -14,6 +14,7 @@ from world.scene import (
     COLOURS,
     HELDOUT,
     LIGHTINGS,
+    MAX_SHADE,
     POSITIONS,
     SHAPES,
     SIZES,
@@ -22,9 +23,11 @@ from world.scene import (
     caption,
     describe,
     is_heldout,
+    nearest_colour,
     render,
     render_batch,
     sample_scene,
+    shaded,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -129,6 +132,23 @@ def test_curriculum_starts_easy_and_fades_to_the_full_world() -> None:
     assert late <= 6, late  # the full world: easy only by chance (3/4 one-object * 1/5 plain * 1/3 bright)
     held = WorldDataset(None, seed=0, split="heldout", group_size=4, length=400, easy=1.0, easy_groups=200)
     assert sum(easy(held, g) for g in range(20)) <= 6  # evaluation data is never made easy
+
+
+def test_shades_vary_the_paint_but_keep_the_true_name() -> None:
+    ds = WorldDataset(None, seed=0, group_size=4, length=4 * 300, shade=MAX_SHADE, normalized=False)
+    objects = [o for i in range(4 * 300) for o in ds.scene_and_caption(i)[0].objects if o.rgb is None]
+    offsets = torch.tensor([[p - c for p, c in zip(o.paint(), COLOURS[o.colour])] for o in objects])
+    assert (offsets.norm(dim=1) > 0.05).float().mean() > 0.5  # really shaded, not the palette point
+    assert offsets.norm(dim=1).max() <= MAX_SHADE + 1e-6
+    assert all(nearest_colour(o.paint()) == o.colour for o in objects)  # the caption's colour is still right
+    scene, text = ds.scene_and_caption(0)
+    assert render(scene).shape == (3, 64, 64)
+    plain = WorldDataset(None, seed=0, group_size=4, length=400, normalized=False)
+    assert all(o.shade == (0.0, 0.0, 0.0) for i in range(40) for o in plain.scene_and_caption(i)[0].objects)
+    held = WorldDataset(None, seed=0, split="heldout", group_size=4, length=400, shade=MAX_SHADE)
+    assert all(o.shade == (0.0, 0.0, 0.0) for i in range(40) for o in held.scene_and_caption(i)[0].objects)
+    with pytest.raises(ValueError, match="shade radius"):
+        shaded(objects[0], 0.3, torch.Generator().manual_seed(0))
 
 
 @pytest.fixture(scope="module")
