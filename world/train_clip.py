@@ -4,10 +4,10 @@
     python -m world.train_clip ... --resume          # continue from <out>/last.*
 
 Data are rendered on the fly (item i is a function of seed and i), so resuming
-only needs the weights, the optimiser state and the step.  Checkpoints: model
-tensors as safetensors, optimiser state via torch.save (reloads with
-weights_only=True).  The final weights go to world/models/<model>.safetensors
-in fp16 with exactly `model.state_dict()` keys.
+only needs the weights, the optimiser state and the step.  A checkpoint is one
+safetensors file, <out>/last.safetensors: model and optimiser tensors, the
+step and the clocks in its metadata (no pickle).  The final weights go to
+world/models/<model>.safetensors in fp16 with exactly `model.state_dict()` keys.
 """
 
 from __future__ import annotations
@@ -23,10 +23,12 @@ from pathlib import Path
 import open_clip
 import torch
 from open_clip.loss import ClipLoss
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from guidance.runs import load_optimizer, optimizer_tensors
 from world.data import HardNegativeBatchSampler, WorldDataset
 
 WORLD_DIR = Path(__file__).resolve().parent
@@ -72,14 +74,31 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
+CHECKPOINT_FORMAT = "world-clip-train/2"
+
+
 def _save_checkpoint(out: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, step: int,
                      elapsed: float, cpu: float) -> None:
-    sd = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-    save_file(sd, str(out / "last.tmp.safetensors"))
-    torch.save({"optimizer": opt.state_dict(), "step": step, "elapsed": elapsed, "cpu": cpu},
-               out / "last.tmp.pt")
+    tensors = {f"model.{k}": v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    opt_tensors, groups = optimizer_tensors(opt, "opt")
+    meta = {"format": CHECKPOINT_FORMAT, "step": str(step), "elapsed": repr(elapsed), "cpu": repr(cpu),
+            "opt_groups": groups}
+    save_file({**tensors, **opt_tensors}, str(out / "last.tmp.safetensors"), metadata=meta)
     (out / "last.tmp.safetensors").replace(out / "last.safetensors")
-    (out / "last.tmp.pt").replace(out / "last.pt")
+
+
+def _load_checkpoint(out: Path, model: torch.nn.Module, opt: torch.optim.Optimizer) -> tuple[int, float, float]:
+    """Restore model and optimiser from <out>/last.safetensors -> (step, elapsed seconds, CPU seconds)."""
+    path = out / "last.safetensors"
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise SystemExit(f"{path} was written by an older trainer (format {meta.get('format', 'none')!r}, "
+                         f"want {CHECKPOINT_FORMAT!r}): start a new run (another --out), or --init from its weights")
+    tensors = load_file(str(path))
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    load_optimizer(opt, tensors, "opt", meta["opt_groups"])
+    return int(meta["step"]), float(meta["elapsed"]), float(meta["cpu"])
 
 
 def parse_weights(text: str) -> dict[str, float]:
@@ -139,17 +158,12 @@ def main(argv: list[str] | None = None) -> None:
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": a.wd},
                              {"params": other, "weight_decay": 0.0}], lr=a.lr, betas=(0.9, 0.98), eps=1e-6)
     step, elapsed, cpu0 = 0, 0.0, 0.0
-    if a.init is not None and not (a.resume and (out / "last.pt").exists()):
+    resuming = a.resume and (out / "last.safetensors").exists()
+    if a.init is not None and not resuming:
         model.load_state_dict({k: v.float() for k, v in load_file(str(a.init)).items()})
         print(f"initialised from {a.init}", flush=True)
-    if a.resume and (out / "last.pt").exists():
-        model.load_state_dict(load_file(str(out / "last.safetensors")))
-        state = torch.load(out / "last.pt", weights_only=True)
-        opt.load_state_dict(state["optimizer"])
-        step, elapsed = int(state["step"]), float(state["elapsed"])
-        # runs checkpointed before CPU time was tracked: count their main process at
-        # about 0.34 CPU-s per step (main + data worker, measured with ps)
-        cpu0 = float(state.get("cpu", 0.34 * step))
+    if resuming:
+        step, elapsed, cpu0 = _load_checkpoint(out, model, opt)
         print(f"resumed from {out} at step {step}", flush=True)
     (out / "args.json").write_text(json.dumps({k: str(v) for k, v in vars(a).items()}, indent=1))
 
