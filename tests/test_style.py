@@ -272,8 +272,9 @@ def test_content_network_uses_vgg19_only_when_its_weights_exist(clip, tmp_path, 
 
 
 def test_shipped_world_stylizer_does_what_the_prompt_says_as_the_judge_sees_it():
-    """The stylizer in the repo, on a real photo: "a dark photo" darkens it and "a photo on a blue background"
-    makes it bluer, and the world judge (which did not train it) moves toward each prompt."""
+    """The stylizer in the repo, on a real photo: "a dark photo" darkens it and "a photo on a red background"
+    makes it redder, and the world judge (which did not train it) moves toward each prompt.  (Red, not blue:
+    the boat photo is mostly sky and water, which the judge already reads as a blue background.)"""
     from generators.style.feedforward import SHIPPED_STYLIZER, resolve_checkpoint
     from guidance.clip import load_clip
     from guidance.images import as_tensor, load_image
@@ -285,9 +286,9 @@ def test_shipped_world_stylizer_does_what_the_prompt_says_as_the_judge_sees_it()
     judge = load_clip("world-judge", device="cpu")
     src = as_tensor(load_image(photo).resize((128, 96)))
     dark = stylize(src, prompt="a dark photo", size=None).images
-    blue = stylize(src, prompt="a photo on a blue background", size=None).images
+    red = stylize(src, prompt="a photo on a red background", size=None).images
     assert dark.mean() < 0.7 * src.mean()
-    assert (blue[:, 2] - blue[:, :2].mean(1)).mean() > (src[:, 2] - src[:, :2].mean(1)).mean() + 0.05
+    assert (red[:, 0] - red[:, 1:].mean(1)).mean() > (src[:, 0] - src[:, 1:].mean(1)).mean() + 0.05
 
     def sim(images, prompt):
         with torch.inference_mode():
@@ -295,4 +296,4 @@ def test_shipped_world_stylizer_does_what_the_prompt_says_as_the_judge_sees_it()
             return float(judge.encode_image(small) @ judge.encode_text([prompt]).T)
 
     assert sim(dark, "a dark photo") > sim(src, "a dark photo") + 0.05
-    assert sim(blue, "a photo on a blue background") > sim(src, "a photo on a blue background") + 0.05
+    assert sim(red, "a photo on a red background") > sim(src, "a photo on a red background") + 0.05

@@ -183,6 +183,8 @@ def card_text(name: str, weights: Path, run_dirs: list[Path] | Path, eval_block:
                     f"{d.get('minutes', float('nan')):.1f} | {d.get('cpu_minutes', float('nan')):.1f} |")
     total_wall = sum(d.get("minutes", 0.0) for _, _, d in segments)
     total_cpu = sum(d.get("cpu_minutes", 0.0) for _, _, d in segments)
+    chain = ("\nEach segment after the first starts from the previous one's weights (`--init`) with a fresh "
+             "optimiser and schedule." if len(segments) > 1 else "")
     training = "\n".join(["| segment (in order) | steps reached | batch | wall min | CPU min |",
                           "|---|---|---|---|---|", *rows,
                           f"| total | | | {total_wall:.1f} | {total_cpu:.1f} |"])
@@ -222,10 +224,13 @@ dark, backlit = brightened background and under-exposed object).  Captions come
 from many templates naming random subsets of the attributes.  Batches are made
 of groups of 4 scenes that differ from a base scene in one attribute (hard
 negatives; for two objects also swapped colours), with captions that name the
-varied attributes.  Fine-tuning segments (`--free-colour`) also paint the
-objects of some groups in random off-palette colours whose captions do not
-name a colour, so shape must be read regardless of colour; such a colour
-counts as its nearest named colour for the held-out rule.  A curriculum
+varied attributes.  With `--free-colour`, the objects of some groups are
+painted in random off-palette colours whose captions do not name a colour, so
+shape must be read regardless of colour; such a colour counts as its nearest
+named colour for the held-out rule.  With `--shade R`, the objects of the
+other training groups take a random shade of their named colour (an RGB offset
+of at most R, below half the distance between any two named colours), so a
+colour word covers a neighbourhood of its colour, not one point.  A curriculum
 (`--easy`) builds a falling share of the groups on easy scenes (one object on
 a plain background in bright light) early in training.  Held out of
 training: {held}.
@@ -233,10 +238,8 @@ training: {held}.
 ## Training
 
 Loss: `open_clip.loss.ClipLoss`; AdamW (wd 0.1, none on embeddings, gains,
-biases), warmup then cosine decay, also annealed by a wall-clock budget.
-Each segment after the first starts from the previous one's weights
-(`--init`) with a fresh optimiser and schedule.  CPU time counts the training
-process and its data worker; wall time was on 2 cores shared with other jobs.
+biases), warmup then cosine decay, also annealed by a wall-clock budget.{chain}
+CPU time counts the training process and its data worker.
 
 {training}
 
