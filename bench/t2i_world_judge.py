@@ -59,8 +59,6 @@ def main() -> None:
         p.error(f"--target must be one of the one-object captions, e.g. 'a red circle'; got {target!r}")
     guide = load_clip("world-guide", pretrained=a.guide, device="cpu")
     judge = load_clip("world-judge", pretrained=a.judge, device="cpu")
-    with torch.inference_mode():
-        text = judge.encode_text(ONE_OBJECT)
     k = ONE_OBJECT.index(target)
     print(f"prompt {a.prompt!r}, batch {a.batch}, seed {a.seed}; judge ranks {target!r} among {len(ONE_OBJECT)}")
     print("| variant | first | median rank | mean p | s/run |\n|---|---|---|---|---|")
@@ -70,8 +68,7 @@ def main() -> None:
         run = {"prompt": a.prompt, "batch": a.batch, "seed": a.seed, **overrides}
         images = generate(clip=guide, progress=False, **run).images
         seconds = time.perf_counter() - t0
-        with torch.inference_mode():
-            prob = (judge.model.logit_scale.exp() * judge.encode_image(images) @ text.T).softmax(-1)
+        prob = judge.caption_probabilities(images, ONE_OBJECT)
         ranks = [int((row > row[k]).sum()) + 1 for row in prob]
         print(f"| {variant or 'defaults'} | {ranks.count(1)}/{len(ranks)} | {statistics.median(ranks):g} "
               f"| {float(prob[:, k].mean()):.2f} | {seconds:.1f} |", flush=True)

@@ -196,6 +196,12 @@ class ClipModel:
             self._text_cache.popitem(last=False)
         return torch.stack(out) if out else torch.empty(0, device=self.device)
 
+    def caption_probabilities(self, images: torch.Tensor, captions: Sequence[str]) -> torch.Tensor:
+        """Zero-shot: each image's softmax over `captions` (B, N) at the model's learned temperature; no grad."""
+        with torch.inference_mode():
+            logits = self.model.logit_scale.exp().float() * self.encode_image(images) @ self.encode_text(captions).T
+            return logits.softmax(-1)
+
     def encode_text_grad(self, tokens: torch.Tensor) -> torch.Tensor:
         """Text embeddings with gradients (for prompt learning); no cache."""
         return F.normalize(self.model.encode_text(tokens).float(), dim=-1)

@@ -37,14 +37,6 @@ def judge():
     return load_clip("world-judge", device="cpu")
 
 
-def probs(clip, images: torch.Tensor, captions: list[str]) -> torch.Tensor:
-    """The judge's softmax over captions for each image (its own learned temperature)."""
-    with torch.inference_mode():
-        emb = clip.encode_image(images)
-        text = clip.encode_text(captions)
-        return (clip.model.logit_scale.exp() * emb @ text.T).softmax(-1)
-
-
 def red_circle(size: int = 64, background: str = "white", lighting: str = "bright") -> torch.Tensor:
     scene = SceneSpec(objects=(ObjectSpec("circle", "red", "large", "centre"),), background="plain",
                       bg_colour=background, lighting=lighting)
@@ -56,7 +48,7 @@ ONE_OBJECT = list(ONE_OBJECT_CAPTIONS)
 
 def judged(clip, images: torch.Tensor) -> str:
     """The one-object caption the judge ranks first."""
-    return ONE_OBJECT[int(probs(clip, images, ONE_OBJECT)[0].argmax())]
+    return ONE_OBJECT[int(clip.caption_probabilities(images, ONE_OBJECT)[0].argmax())]
 
 
 def foreground(image: torch.Tensor, frac: float = 0.15) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,7 +75,7 @@ def dominant_colour(image: torch.Tensor, frac: float = 0.15) -> str:
 
 def test_judge_reads_rendered_scenes(judge):
     """Sanity of the test bed itself: the judge names a rendered red circle correctly."""
-    p = probs(judge, red_circle(), ONE_OBJECT)
+    p = judge.caption_probabilities(red_circle(), ONE_OBJECT)
     assert ONE_OBJECT[int(p.argmax())] == "a red circle"
 
 
@@ -131,7 +123,8 @@ def test_negative_prompt_lowers_red(guide, judge):
     r = edit(src, clip=guide, prompt="red:-1", steps=60, seed=0, content_weight=0.5, progress=False)
     colours = [f"a {c} circle" for c in COLOURS]
     red = list(COLOURS).index("red")
-    before, after = probs(judge, src, colours)[0, red], probs(judge, r.images, colours)[0, red]
+    before = judge.caption_probabilities(src, colours)[0, red]
+    after = judge.caption_probabilities(r.images, colours)[0, red]
     assert after < before - 0.05, (float(before), float(after))
 
 
@@ -141,7 +134,7 @@ def test_directional_edit_moves_red_toward_blue(guide, judge):
              content_weight=0.5, progress=False)
     colours = [f"a {c} circle" for c in COLOURS]
     names = list(COLOURS)
-    before, after = probs(judge, src, colours)[0], probs(judge, r.images, colours)[0]
+    before, after = judge.caption_probabilities(src, colours)[0], judge.caption_probabilities(r.images, colours)[0]
     assert after[names.index("red")] < 0.05 < before[names.index("red")]
     assert after[names.index("blue")] > 10 * before[names.index("blue")]
     assert names[int(after.argmax())] in ("blue", "purple", "cyan"), names[int(after.argmax())]
@@ -154,7 +147,7 @@ def test_text_to_image_turns_noise_into_what_the_judge_calls_a_red_circle(guide,
     r = generate(clip=guide, prompt="a red circle", batch=4, seed=0, progress=False)
     start = PyramidImage(64, 4, generator=torch.Generator().manual_seed(0), decay=0.3)().detach()
     k = ONE_OBJECT.index("a red circle")
-    before, after = probs(judge, start, ONE_OBJECT), probs(judge, r.images, ONE_OBJECT)
+    before, after = judge.caption_probabilities(start, ONE_OBJECT), judge.caption_probabilities(r.images, ONE_OBJECT)
     assert before[:, k].max() < 0.01
     ranks = [int((p > p[k]).sum()) + 1 for p in after]
     assert sorted(ranks)[len(ranks) // 2] <= 2 and min(ranks) == 1, ranks
@@ -169,7 +162,7 @@ def test_directional_edit_changes_colour_and_keeps_shape_and_place(guide, judge)
     r = edit(src, clip=guide, source_text="a red circle", target_text="a blue circle", steps=100, seed=0,
              content_weight=0.2, min_frac=1.0, noise=0.3, progress=False)
     assert judged(judge, src) == "a red circle"
-    assert judged(judge, r.images) == "a blue circle", probs(judge, r.images, ONE_OBJECT).topk(3)
+    assert judged(judge, r.images) == "a blue circle", judge.caption_probabilities(r.images, ONE_OBJECT).topk(3)
     before, _ = foreground(src)
     after, colour = foreground(r.images)
     assert (centroid(after) - centroid(before)).norm() < 2.0  # pixels
