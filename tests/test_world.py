@@ -149,6 +149,8 @@ def test_shades_vary_the_paint_but_keep_the_true_name() -> None:
     assert all(o.shade == (0.0, 0.0, 0.0) for i in range(40) for o in held.scene_and_caption(i)[0].objects)
     with pytest.raises(ValueError, match="shade radius"):
         shaded(objects[0], 0.3, torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="shade radius"):
+        WorldDataset(None, shade=0.3)
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,17 @@ from dataclasses import replace
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from world.scene import SceneSpec, caption, free_colour, is_heldout, render_batch, sample_scene, shaded, vary
+from world.scene import (
+    SceneSpec,
+    caption,
+    check_shade,
+    free_colour,
+    is_heldout,
+    render_batch,
+    sample_scene,
+    shaded,
+    vary,
+)
 
 MEAN = (0.48145466, 0.4578275, 0.40821073)  # open_clip's OPENAI_DATASET_MEAN / STD,
 STD = (0.26862954, 0.26130258, 0.27577711)  # the default preprocess of our configs
@@ -53,6 +63,7 @@ class WorldDataset(Dataset):
                  free_colour: float = 0.0, vary_weights: dict[str, float] | None = None,
                  easy: float = 0.0, easy_groups: int = 0, shade: float = 0.0) -> None:
         self.tokenizer, self.seed, self.split = tokenizer, seed, split
+        check_shade(shade)  # here, not first inside a DataLoader worker
         self.free_colour, self.shade = free_colour, shade
         # Curriculum: group k's base scene is "easy" (one object, plain background, bright light)
         # with probability easy * (1 - k / easy_groups), so shape is learned on clean

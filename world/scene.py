@@ -142,6 +142,12 @@ def free_colour(obj: ObjectSpec, generator: torch.Generator) -> ObjectSpec:
 MAX_SHADE = 0.17
 
 
+def check_shade(radius: float) -> None:
+    """Refuse a shade radius that could cross into another colour's neighbourhood (its name would be wrong)."""
+    if not 0 <= radius <= MAX_SHADE:
+        raise ValueError(f"shade radius {radius} must be in [0, {MAX_SHADE}]")
+
+
 def shaded(obj: ObjectSpec, radius: float, generator: torch.Generator) -> ObjectSpec:
     """`obj` with a random shade of its named colour, uniform in an RGB ball of `radius` (<= MAX_SHADE).
 
@@ -149,8 +155,7 @@ def shaded(obj: ObjectSpec, radius: float, generator: torch.Generator) -> Object
     guidance drifts along them (the 40-minute guide painted "red" as magenta, which the judge calls
     purple); shades teach each word a neighbourhood around its colour.
     """
-    if not 0 <= radius <= MAX_SHADE:
-        raise ValueError(f"shade radius {radius} must be in [0, {MAX_SHADE}]")
+    check_shade(radius)
     direction = torch.randn(3, generator=generator)
     length = radius * float(torch.rand((), generator=generator)) ** (1 / 3)
     offset = direction / direction.norm().clamp_min(1e-8) * length

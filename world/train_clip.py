@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from guidance.runs import load_optimizer, optimizer_tensors
 from world.data import HardNegativeBatchSampler, WorldDataset
+from world.scene import MAX_SHADE
 
 WORLD_DIR = Path(__file__).resolve().parent
 CONFIG_DIR = WORLD_DIR / "model_configs"
@@ -90,12 +91,13 @@ def _save_checkpoint(out: Path, model: torch.nn.Module, opt: torch.optim.Optimiz
 def _load_checkpoint(out: Path, model: torch.nn.Module, opt: torch.optim.Optimizer) -> tuple[int, float, float]:
     """Restore model and optimiser from <out>/last.safetensors -> (step, elapsed seconds, CPU seconds)."""
     path = out / "last.safetensors"
-    with safe_open(str(path), "pt") as f:
+    with safe_open(str(path), "pt") as f:  # one read: the metadata is checked before any tensor is loaded
         meta = f.metadata() or {}
-    if meta.get("format") != CHECKPOINT_FORMAT:
-        raise SystemExit(f"{path} was written by an older trainer (format {meta.get('format', 'none')!r}, "
-                         f"want {CHECKPOINT_FORMAT!r}): start a new run (another --out), or --init from its weights")
-    tensors = load_file(str(path))
+        if meta.get("format") != CHECKPOINT_FORMAT:
+            raise SystemExit(f"{path} was written by an older trainer (format {meta.get('format', 'none')!r}, "
+                             f"want {CHECKPOINT_FORMAT!r}): start a new run (another --out), or --init from its "
+                             "weights")
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     load_optimizer(opt, tensors, "opt", meta["opt_groups"])
     return int(meta["step"]), float(meta["elapsed"]), float(meta["cpu"])
@@ -137,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--free-colour", type=float, default=0.0,
                    help="fraction of groups whose objects get unnamed off-palette colours")
     p.add_argument("--shade", type=float, default=0.0,
-                   help="radius of random RGB shades of the named colours (training groups; <= 0.17)")
+                   help=f"radius of random RGB shades of the named colours (training groups; <= {MAX_SHADE})")
     p.add_argument("--easy", type=float, default=0.0,
                    help="curriculum: starting fraction of groups built on easy scenes (one object, plain, bright)")
     p.add_argument("--easy-steps", type=int, default=0,
