@@ -50,7 +50,7 @@ TEST_MODELS_ENV = "CLIPKIT_TEST_MODELS"
 
 __all__ = ["Result", "run", "generate", "enhance", "build_settings", "methods", "get_method", "load_preset",
            "list_presets", "save_preset", "make_preset", "Preset", "PresetError", "CancelToken", "StepInfo",
-           "test_models_enabled", "tiny_model", "preset_values"]
+           "test_models_enabled", "tiny_model", "preset_values", "result_of"]
 
 
 def test_models_enabled() -> bool:
@@ -236,6 +236,11 @@ def run(
     model = _clip_for(m, clip)
     with _RUN_LOCK:
         raw = m.runner(s, clip=model, callback=callback, cancel=cancel, progress=progress, **tensors)
+    return result_of(raw)
+
+
+def result_of(raw: RunResult) -> Result:
+    """A method's raw output as the API returns it: PIL images, and the record with the JSON-ready extras."""
     record = raw.record()
     if raw.extras:
         record["extras"] = {k: v for k, v in raw.extras.items() if _is_json(v)}

@@ -1,6 +1,7 @@
-"""Batch runs: one preset over folders / globs of inputs, resumable, logged, never writing over an input.
+"""Batch runs: one method over folders / globs of inputs, resumable, logged, never writing over an input.
 
-``python app.py batch --preset P --input DIR|GLOB [--input ...] --output DIR``
+``python app.py batch --preset P --input DIR|GLOB [--input ...] --output DIR``; the style and enhance CLIs
+(``generators/style/cli.py``, ``generators/enhance/cli.py``) run their folders through the same engine.
 
 - Inputs: image files for methods with an image input; for methods without one (generate) ``.txt`` files whose
   text fills the method's text setting (the prompt), one job per file.
@@ -21,6 +22,7 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -45,6 +47,45 @@ class Job:
     status: str = "todo"  # todo | done (already there, same settings) | conflict (there, other settings)
 
 
+# One input's run: keyword inputs of the method (``image=path`` or ``prompt=text``, ``mask=path``) -> result.
+RunOne = Callable[..., api.Result]
+# Called with each finished result before it is saved: may add to ``result.record`` or keep ``result.run.extras``.
+OnResult = Callable[[Job, api.Result], None]
+
+
+@dataclass
+class BatchSpec:
+    """What a batch runs, whoever drives it (a preset, a CLI's flags): the settings every output must carry and
+    how one input becomes a result. ``method_spec`` builds one for a registered method."""
+
+    method: str
+    want: dict[str, Any]  # the settings record (``record["settings"]``) of a finished output
+    run_one: RunOne
+    image_input: str | None = "image"  # None: the inputs are .txt files filling ``text_field``
+    text_field: str | None = None
+    takes_mask: bool = False
+    ignore: tuple[str, ...] = ()  # record-only keys, not compared on resume
+    clip_name: str | None = None  # the CLIP an output must have been made with (None: not checked)
+    label: str | None = None  # what the summary line calls the run (the preset name); default the method
+    on_result: OnResult | None = None
+
+
+def method_spec(method: Method, settings: Any, clip: Any = None, cancel: api.CancelToken | None = None,
+                on_result: OnResult | None = None, label: str | None = None) -> BatchSpec:
+    """The batch of a registered method with these settings (``clip``: a ClipModel, "tiny" or None)."""
+    if not method.inputs and not method.text_field:
+        raise ParameterError(f"method '{method.name}' takes no inputs; batch has nothing to iterate over")
+
+    def run_one(**inputs: Any) -> api.Result:
+        return api.run(method.name, settings, clip=clip, cancel=cancel, **inputs)
+
+    clip_name = TINY_MODEL if clip == "tiny" else getattr(clip, "name", None) or getattr(settings, "model", None)
+    return BatchSpec(method.name, {"method": method.name, **settings_dict(settings)}, run_one,
+                     image_input=method.inputs[0].name if method.inputs else None, text_field=method.text_field,
+                     takes_mask=any(i.mask for i in method.inputs), ignore=method.record_only,
+                     clip_name=clip_name, label=label, on_result=on_result)
+
+
 def expand_inputs(patterns: list[str], exts: tuple[str, ...]) -> list[Path]:
     """Files from folders (not recursive), globs (``**`` allowed) and plain paths, filtered by extension."""
     found: dict[Path, None] = {}
@@ -57,47 +98,41 @@ def expand_inputs(patterns: list[str], exts: tuple[str, ...]) -> list[Path]:
         else:
             hits = sorted(Path(x) for x in glob.glob(str(p), recursive=True) if Path(x).is_file())
             if not hits:
-                raise ParameterError(f"--input {pat}: no such folder or file, and the glob matches nothing")
+                raise ParameterError(f"{pat}: no such folder or file, and the glob matches nothing")
         for h in hits:
             if h.suffix.lower() in exts and not h.name.startswith("."):
                 found[h] = None
     return list(found)
 
 
-def plan(method: Method, settings: Any, inputs: list[Path], output: Path, overwrite: bool = False,
-         clip_name: str | None = None) -> list[Job]:
+def plan(spec: BatchSpec, inputs: list[Path], output: Path, overwrite: bool = False) -> list[Job]:
     """Jobs with their output names and resume status; refuses outputs on inputs and name collisions.
 
     An output counts as done when it carries the same settings and, where it records one, the same CLIP
-    (``clip_name``: the test CLIP's name in test mode), so test-mode outputs are never taken for real ones."""
+    (``spec.clip_name``: the test CLIP's name in test mode), so test-mode outputs are never taken for real ones."""
     if any(p.parent.resolve() == output.resolve() for p in inputs):
         raise ParameterError(f"the output folder {output} holds inputs; choose another --output "
                              "(inputs are never written over)")
     jobs = [Job(p, out) for p, out in plan_outputs(inputs, output)]
-    want = expected_settings(method, settings)
     for j in jobs:
         if j.output.exists() and not overwrite:
             try:
                 stored = _settings_of(j.output) or {}
                 used = stored.pop("clip", None)
-                for key in method.record_only:
+                for key in spec.ignore:
                     stored.pop(key, None)
-                same = stored == want_for(method, want, j.input) and (used is None or used == clip_name)
+                same = stored == want_for(spec, j.input) and (used is None or used == spec.clip_name)
             except (OSError, UnicodeDecodeError):
                 same = False
             j.status = "done" if same else "conflict"
     return jobs
 
 
-def expected_settings(method: Method, settings: Any) -> dict[str, Any]:
-    return {"method": method.name, **settings_dict(settings)}
-
-
-def want_for(method: Method, want: dict[str, Any], path: Path) -> dict[str, Any]:
+def want_for(spec: BatchSpec, path: Path) -> dict[str, Any]:
     """The settings a job's output must carry (the text field comes from the input file)."""
-    if method.text_field and not method.inputs:
-        return {**want, method.text_field: _read_text(path)}
-    return want
+    if spec.image_input is None and spec.text_field:
+        return {**spec.want, spec.text_field: _read_text(path)}
+    return spec.want
 
 
 def _settings_of(path: Path) -> dict[str, Any] | None:
@@ -147,45 +182,63 @@ def run_batch(
     ``masks``: for methods with region masks, a folder of ``<input stem>.png`` masks (white = edit); inputs
     without one are edited whole. ``method_name``: run another method than the preset's, one that borrows its
     presets (``--method poda --preset style-monet``)."""
-    out = out or sys.stderr  # looked up per call: tests and wrappers swap sys.stderr
     p = load_preset(preset)
     method, settings = api.build_settings(method_name or p.method, p, **(overrides or {}))
+    token = api.CancelToken()
+    spec = method_spec(method, settings, clip=clip, cancel=token, label=p.name)
+    return run_spec(spec, inputs, output, dry_run=dry_run, overwrite=overwrite, progress=progress, out=out,
+                    masks=masks, cancel=token, preset=p.name)
+
+
+def run_spec(
+    spec: BatchSpec,
+    inputs: list[str],
+    output: str | os.PathLike,
+    *,
+    dry_run: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    out: TextIO | None = None,
+    masks: str | os.PathLike | None = None,
+    cancel: api.CancelToken | None = None,
+    preset: str | None = None,
+) -> int:
+    """The batch loop every surface shares; returns the exit status (0 ok, 1 some files failed, 130 interrupted).
+
+    ``cancel``: the token ``spec.run_one`` passes to its runs, set on Ctrl-C so the run in flight stops too."""
+    out = out or sys.stderr  # looked up per call: tests and wrappers swap sys.stderr
     output = Path(output)
-    exts = IMAGE_EXTS if method.inputs else TEXT_EXTS
-    if not method.inputs and not method.text_field:
-        raise ParameterError(f"method '{method.name}' takes no inputs; batch has nothing to iterate over")
-    mask_input = any(i.mask for i in method.inputs)
-    if masks is not None and not mask_input:
-        raise ParameterError(f"method '{method.name}' takes no mask; drop --masks")
+    exts = IMAGE_EXTS if spec.image_input else TEXT_EXTS
+    if masks is not None and not spec.takes_mask:
+        raise ParameterError(f"method '{spec.method}' takes no mask; drop --masks")
     if masks is not None and not Path(masks).is_dir():
         raise ParameterError(f"--masks {masks}: no such folder")
     files = expand_inputs(inputs, exts)
     if not files:
         raise ParameterError(f"no inputs found in {', '.join(inputs)} (looking for {', '.join(exts)} files)")
-    clip_name = (TINY_MODEL if clip == "tiny" else getattr(clip, "name", None) or getattr(settings, "model", None))
-    jobs = plan(method, settings, files, output, overwrite, clip_name)
+    jobs = plan(spec, files, output, overwrite)
     todo = [j for j in jobs if j.status == "todo"]
+    label = spec.label or spec.method
     if dry_run:
         for j in jobs:
             verb = {"todo": "run ", "done": "skip", "conflict": "FAIL"}[j.status]
             note = {"done": "  (done, same settings)",
                     "conflict": "  (exists with other settings; --overwrite to redo)"}.get(j.status, "")
             print(f"{verb} {j.input} -> {j.output}{note}", file=out)
-        print(f"dry run: {len(todo)} to run, {len(jobs) - len(todo)} already there; preset {p.name} "
-              f"({method.name}); nothing written", file=out)
+        what = f"preset {preset} ({spec.method})" if preset else spec.method
+        print(f"dry run: {len(todo)} to run, {len(jobs) - len(todo)} already there; {what}; nothing written",
+              file=out)
         return 0
 
-    want = expected_settings(method, settings)
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     log = _Log(output / f"batch-{stamp}-{time.time_ns() % 10**9:09d}-{os.getpid()}.jsonl")
-    log.write(event="start", preset=p.name, method=method.name, settings=want, inputs=len(jobs),
+    log.write(event="start", preset=preset, method=spec.method, settings=spec.want, inputs=len(jobs),
               output=str(output), argv=sys.argv[1:])
     counts = {"done": 0, "skipped": 0, "failed": 0}
     failures: list[tuple[Path, str]] = []
     started = time.perf_counter()
-    token = api.CancelToken()
     try:
-        for j in tqdm(jobs, desc=f"batch {method.name}", unit="file", disable=not progress, file=out):
+        for j in tqdm(jobs, desc=f"batch {spec.method}", unit="file", disable=not progress, file=out):
             row: dict[str, Any] = {"event": "file", "input": str(j.input), "output": str(j.output)}
             if j.status == "done":
                 counts["skipped"] += 1
@@ -200,17 +253,19 @@ def run_batch(
             t0 = time.perf_counter()
             try:
                 kwargs: dict[str, Any] = {}
-                if method.inputs:
-                    kwargs[method.inputs[0].name] = j.input
+                if spec.image_input:
+                    kwargs[spec.image_input] = j.input
                     mask = Path(masks) / f"{j.input.stem}.png" if masks is not None else None
                     if mask is not None and mask.is_file():
                         kwargs["mask"] = mask
                         row["mask"] = str(mask)
                 else:
-                    kwargs[method.text_field] = _read_text(j.input)
-                result = api.run(method.name, settings, clip=clip, cancel=token, **kwargs)
-                if result.record["cancelled"]:
+                    kwargs[spec.text_field] = _read_text(j.input)
+                result = spec.run_one(**kwargs)
+                if result.record.get("cancelled"):
                     raise KeyboardInterrupt
+                if spec.on_result is not None:
+                    spec.on_result(j, result)
                 result.save(j.output, protect=(j.input,))
             except ClipKitError as e:
                 counts["failed"] += 1
@@ -225,10 +280,11 @@ def run_batch(
                 continue
             counts["done"] += 1
             log.write(**row, status="done", seconds=round(time.perf_counter() - t0, 3),
-                      timings=result.record["timings"], final=result.record["final"],
-                      steps_done=result.record["steps_done"])
+                      timings=result.record.get("timings"), final=result.record.get("final"),
+                      steps_done=result.record.get("steps_done"))
     except KeyboardInterrupt:
-        token.cancel()
+        if cancel is not None:
+            cancel.cancel()
         log.write(event="summary", **counts, interrupted=True, seconds=round(time.perf_counter() - started, 3))
         log.close()
         print(f"interrupted: {counts['done']} done, {counts['skipped']} skipped; rerun the same command to "
@@ -238,7 +294,7 @@ def run_batch(
     log.write(event="summary", **counts, seconds=round(seconds, 3),
               failures=[{"input": str(i), "error": e} for i, e in failures])
     log.close()
-    print(f"batch {p.name}: {counts['done']} done, {counts['skipped']} skipped (already done), "
+    print(f"batch {label}: {counts['done']} done, {counts['skipped']} skipped (already done), "
           f"{counts['failed']} failed in {seconds:.1f} s — log {log.path}", file=out)
     for path, err in failures:
         print(f"  FAILED {path}: {err}", file=out)

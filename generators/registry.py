@@ -207,6 +207,7 @@ def _enhance_entry() -> Method:
 
     def run(settings: EnhanceSettings, *, image, clip=None, callback: StepCallback | None = None,
             cancel: CancelToken | None = None, progress: bool = False) -> RunResult:
+        from guidance.clip import default_device
         from guidance.images import as_tensor
 
         x = as_tensor(image)
@@ -215,12 +216,14 @@ def _enhance_entry() -> Method:
             return RunResult(x, {"method": "enhance", **asdict(s)}, [], {}, cancelled=True)
         t0 = time.perf_counter()
         try:
-            out, record = enh.enhance_image_tensor(x, s.checkpoint, tile=s.tile or "auto", strength=s.strength)
+            out, record = enh.enhance_image_tensor(x, s.checkpoint, tile=s.tile or "auto", strength=s.strength,
+                                                   device=str(default_device()))
         except checkpoints.CheckpointError as e:
             raise ParameterError(str(e)) from e
         seconds = time.perf_counter() - t0
         values = {"dark_region_gain": float(record["dark_region_gain"]),
                   "illumination_mean": float(record["illumination_mean"])}
+        out = out.cpu()
         if callback is not None:
             callback(StepInfo(1, 1, values, out))
         extras = {k: record[k] for k in ("weights_sha256", "before", "after", "ms_per_megapixel") if k in record}

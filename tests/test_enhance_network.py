@@ -15,7 +15,6 @@ from PIL import Image
 from generators.enhance import checkpoints
 from generators.enhance.api import enhance, enhance_image_tensor, enhance_pair, load_image
 from generators.enhance.cli import main as cli_main
-from generators.enhance.cli import settings_of
 from generators.enhance.metrics import dark_region_gain, image_stats, luma
 from generators.enhance.network import EnhanceNet, apply_illumination, upsample_window
 from generators.enhance.tiling import illumination
@@ -197,35 +196,40 @@ def test_folder_cli_resumes_and_never_touches_inputs(tmp_path, capsys):
     for i in range(2):
         Image.fromarray((torch.rand(40, 48, 3, generator=g) * 120).byte().numpy()).save(src / f"im{i}.jpg")
     before = {p.name: p.read_bytes() for p in src.iterdir()}
-    args = ["--input", str(src), "--output", str(dst), "--checkpoint", "clip-lit"]
+    args = ["--input", str(src), "--output", str(dst), "--checkpoint", "clip-lit", "--quiet"]
     assert cli_main(args) == 0
-    outs = sorted(dst.iterdir())
+    outs = sorted(dst.glob("*.png"))
     assert [p.name for p in outs] == ["im0.png", "im1.png"]
-    assert settings_of(outs[0]) == {"checkpoint": "clip-lit", "strength": 1.0}
     meta = read_settings(outs[0])
-    assert meta["record"]["after"]["luminance"] > meta["record"]["before"]["luminance"]
+    assert meta["settings"] == {"method": "enhance", "checkpoint": "clip-lit", "strength": 1.0, "tile": 0}
+    assert meta["extras"]["after"]["luminance"] > meta["extras"]["before"]["luminance"]
     mtimes = [p.stat().st_mtime_ns for p in outs]
-    assert cli_main(args) == 0 and "skipped 2" in capsys.readouterr().err
+    assert cli_main(args) == 0 and "0 done, 2 skipped" in capsys.readouterr().err
     assert [p.stat().st_mtime_ns for p in outs] == mtimes
     refs = tmp_path / "refs"
     refs.mkdir()
     Image.open(src / "im0.jpg").save(refs / "im0.png")  # a "reference" equal to the input
     assert cli_main(args + ["--output", str(tmp_path / "scored"), "--reference", str(refs)]) == 0
-    scored = read_settings(tmp_path / "scored" / "im0.png")["record"]
+    assert "mean PSNR" in capsys.readouterr().err
+    scored = read_settings(tmp_path / "scored" / "im0.png")["reference"]
     assert 5 < scored["psnr"] < 60 and 0 < scored["ssim"] < 1
-    assert "psnr" not in read_settings(tmp_path / "scored" / "im1.png")["record"]  # no reference for im1
-    with pytest.raises(SystemExit, match="other settings"):
-        cli_main(args + ["--strength", "0.5"])
-    with pytest.raises(SystemExit, match="must differ"):
-        cli_main(["--input", str(src), "--output", str(src)])
+    assert read_settings(tmp_path / "scored" / "im1.png")["reference"] == {}  # no reference for im1
+    assert cli_main(args + ["--strength", "0.5"]) == 1  # other settings: a failure per file, nothing redone
+    assert "exists with other settings" in capsys.readouterr().err
+    assert [p.stat().st_mtime_ns for p in outs] == mtimes
+    assert cli_main(["--input", str(src), "--output", str(src)]) == 2
+    assert "holds inputs" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in src.iterdir()} == before
     clash = tmp_path / "clash"
     clash.mkdir()
     for name in ("a.jpg", "a.png"):
         (clash / name).write_bytes((src / "im0.jpg").read_bytes())
-    with pytest.raises(SystemExit, match="same output"):
-        cli_main(["--input", str(clash), "--output", str(tmp_path / "clash-out")])
+    assert cli_main(["--input", str(clash), "--output", str(tmp_path / "clash-out")]) == 2
+    assert "same output" in capsys.readouterr().err
     assert not [p for p in dst.iterdir() if p.name.startswith(".")]  # no temporary files left
+    assert cli_main(["--input", str(src), "--output", str(dst), "--preset",
+                     str(checkpoints.REPO_ROOT / "presets" / "generate-preview.json")]) == 2
+    assert "not enhance" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not os.environ.get("CLIPKIT_SLOW"), reason="full-resolution run (~1 min); set CLIPKIT_SLOW=1")

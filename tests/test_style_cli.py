@@ -6,13 +6,9 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 
-from generators.style.batch import run_batch
 from generators.style.cli import main
-from guidance.errors import ParameterError
 from guidance.images import read_settings
-from guidance.runs import RunResult
 
 CONTENT = Path(__file__).resolve().parents[1].parent / "shared" / "images" / "content"
 PHOTOS = sorted(CONTENT.glob("*.jp*g"))[:3] if CONTENT.is_dir() else []
@@ -30,37 +26,10 @@ def photos(tmp_path: Path) -> Path:
     return d
 
 
-def test_batch_resumes_without_redoing_finished_files(photos, tmp_path):
-    calls: list[str] = []
-
-    def run_one(image, src):
-        calls.append(src.name)
-        return RunResult(torch.full((1, 3, 8, 8), 0.5), {"method": "fake"})
-
-    out = tmp_path / "out"
-    job = {"method": "fake", "prompt": "fire"}
-    first = run_batch(photos, out, job, run_one, progress=False)
-    assert len(first.done) == 3 and not first.skipped
-    stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
-    (out / f"{PHOTOS[1].stem}.png").unlink()  # as if the first run had been interrupted there
-    calls.clear()
-    second = run_batch(photos, out, job, run_one, progress=False)
-    assert calls == [PHOTOS[1].name]
-    assert len(second.done) == 1 and len(second.skipped) == 2
-    for p in out.iterdir():
-        if p.stem != PHOTOS[1].stem:
-            assert p.stat().st_mtime_ns == stamps[p.name]
-    assert read_settings(out / f"{PHOTOS[0].stem}.png")["job"] == job
-    with pytest.raises(ParameterError, match="other settings"):
-        run_batch(photos, out, {**job, "prompt": "ice"}, run_one, progress=False)
-    assert len(run_batch(photos, out, {**job, "prompt": "ice"}, run_one, overwrite=True, progress=False).done) == 3
-    assert not list(out.glob(".*.tmp"))  # atomic writes leave no temporaries
-
-
-def test_batch_never_writes_into_the_input_folder(photos):
+def test_cli_never_writes_into_the_input_folder(photos, capsys):
     before = {p.name: p.stat().st_mtime_ns for p in photos.iterdir()}
-    with pytest.raises(ParameterError, match="differ from the input"):
-        run_batch(photos, photos, {"method": "fake"}, lambda i, s: None, progress=False)
+    assert main(["poda", "--input", str(photos), "--output", str(photos), "--prompt", "snow", *TINY]) == 2
+    assert "holds inputs" in capsys.readouterr().err
     assert {p.name: p.stat().st_mtime_ns for p in photos.iterdir()} == before
 
 
@@ -74,12 +43,22 @@ def test_cli_clipstyler_optimise_save_resume_and_fast_mode(photos, tmp_path, cap
     rec = read_settings(out / f"{PHOTOS[0].stem}.png")
     assert rec["settings"]["prompt"] == "starry night by Vincent van Gogh"  # from the preset
     assert rec["settings"]["content_features"] == "clip-early-layers" and rec["settings"]["steps"] == 2
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("*.png")}
+    (out / f"{PHOTOS[1].stem}.png").unlink()  # as if the first run had been interrupted there
     assert main(args) == 0
-    assert "0 done, 3 skipped" in capsys.readouterr().err
+    assert "1 done, 2 skipped" in capsys.readouterr().err
+    assert all(p.stat().st_mtime_ns == stamps[p.name] for p in out.glob("*.png") if p.stem != PHOTOS[1].stem)
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("*.png")}
+    assert main([*args, "--steps", "3"]) == 1  # other settings: every file fails, nothing is redone
+    assert "3 failed" in capsys.readouterr().err and not list(out.glob(".*.tmp"))
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.png")} == stamps
     net = nets / f"{PHOTOS[0].stem}.safetensors"
-    assert main(["clipstyler", "--input", str(photos), "--output", str(tmp_path / "fast"), "--network", str(net),
-                 "--size", "96", "--quiet"]) == 0
+    fast = ["clipstyler", "--input", str(photos), "--output", str(tmp_path / "fast"), "--network", str(net),
+            "--size", "96", "--quiet"]
+    assert main(fast) == 0 and "3 done" in capsys.readouterr().err
     assert len(list((tmp_path / "fast").glob("*.png"))) == 3
+    assert read_settings(tmp_path / "fast" / f"{PHOTOS[2].stem}.png")["settings"]["mode"] == "fast"
+    assert main(fast) == 0 and "0 done, 3 skipped" in capsys.readouterr().err
 
 
 def test_cli_train_stylizer_then_stylize(photos, tmp_path, capsys):

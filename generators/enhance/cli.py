@@ -2,11 +2,11 @@
 
 ``python -m generators.enhance.cli --checkpoint clip-lit --input DIR --output DIR``
 
-Writes ``OUTPUT/<name>.png`` with the settings and statistics embedded as PNG text
-(``guidance.images.save_image``). Resumable: an output that already holds the same settings is skipped; one made
-with other settings stops the run unless ``--overwrite``. Inputs are never written: the output folder must differ
-from the input folder and no output may resolve to an input file. Writes are atomic (temporary file + rename), so an
-interrupted run leaves no half files.
+The ``enhance`` method run through the batch engine of ``app.py batch`` (``generators/batch.py``): each input
+becomes ``OUTPUT/<name>.png`` with the settings and statistics embedded; an output that already holds the same
+settings is skipped (resume), one made with other settings is a failure unless ``--overwrite``; inputs are never
+written over, writes are atomic, and each run logs JSON lines beside the outputs. ``--reference`` adds PSNR and
+SSIM against well-lit references to each output's record.
 """
 
 from __future__ import annotations
@@ -16,28 +16,21 @@ import sys
 from pathlib import Path
 
 from PIL import Image
-from tqdm import tqdm
 
-from guidance.errors import ParameterError
-from guidance.images import pil_to_tensor, plan_outputs, read_settings, save_image
+from generators.api import Result
+from generators.batch import IMAGE_EXTS, Job, expand_inputs, method_spec, run_spec
+from generators.registry import EnhanceSettings, get_method
+from guidance.errors import ClipKitError
+from guidance.images import pil_to_tensor
 
-from .api import enhance, preset_settings
 from .api import load_image as load_image_tensor
-from .data import list_images
+from .api import preset_settings
 from .metrics import psnr, ssim
-
-
-def settings_of(path: Path) -> dict | None:
-    """Settings embedded in one of our outputs, or None if it has none (or is unreadable)."""
-    try:
-        return read_settings(path).get("settings")
-    except (OSError, ValueError):
-        return None
 
 
 def reference_metrics(image: Image.Image, folder: Path, stem: str) -> dict:
     """PSNR / SSIM of the saved 8-bit result against ``folder/<stem>.*`` when that reference exists (same size)."""
-    refs = [p for p in list_images(folder, required=False) if p.stem == stem]
+    refs = [p for p in expand_inputs([str(folder)], IMAGE_EXTS) if p.stem == stem]
     if not refs:
         return {}
     out, ref = pil_to_tensor(image), load_image_tensor(refs[0])
@@ -48,57 +41,43 @@ def reference_metrics(image: Image.Image, folder: Path, stem: str) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m generators.enhance.cli", description=__doc__.split("\n")[0])
-    ap.add_argument("--input", required=True, type=Path, help="folder of images (not searched recursively)")
-    ap.add_argument("--output", required=True, type=Path, help="folder for the PNG results")
+    ap.add_argument("--input", required=True, action="append", help="folder, file or glob (repeatable)")
+    ap.add_argument("--output", required=True, type=Path, help="folder for the PNG results and the run log")
     ap.add_argument("--checkpoint", default=None, help="published name (clip-lit, rave-unpaired, ...) or file")
     ap.add_argument("--preset", default=None, help="gentle, strong, or a checkpoint preset (presets/enhance-*.json)")
     ap.add_argument("--strength", type=float, default=None, help="0 = unchanged, 1 = as trained (default)")
-    ap.add_argument("--tile", default="auto", help="tile core size in pixels, 'none', or 'auto' (default)")
-    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--tile", type=int, default=None, help="tile core size in pixels (default 0: tiles only "
+                    "images above ~2 MP)")
     ap.add_argument("--overwrite", action="store_true", help="redo outputs made with other settings")
     ap.add_argument("--reference", type=Path, default=None,
                     help="folder of well-lit references (same file stem): adds PSNR and SSIM to each record")
+    ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
 
-    if not args.input.is_dir():
-        raise SystemExit(f"input folder {args.input} does not exist")
-    if args.output.resolve() == args.input.resolve():
-        raise SystemExit("the output folder must differ from the input folder (inputs are never overwritten)")
-    preset = preset_settings(args.preset) if args.preset else {}
-    tile = None if args.tile == "none" else ("auto" if args.tile == "auto" else int(args.tile))
-    settings = {
-        "checkpoint": args.checkpoint or preset.get("checkpoint", "clip-lit"),
-        "strength": args.strength if args.strength is not None else float(preset.get("strength", 1.0)),
-    }
-    inputs = list_images(args.input, required=False)
-    args.output.mkdir(parents=True, exist_ok=True)
-    done = skipped = 0
-    scores: list[float | None] = []
+    scores: list[float] = []
     try:
-        pairs = plan_outputs(inputs, args.output)
-    except ParameterError as e:
-        raise SystemExit(str(e)) from e
-    for src, dst in tqdm(pairs, desc="enhance", unit="img"):
-        if dst.exists() and not args.overwrite:
-            old = settings_of(dst)
-            if old == settings:
-                skipped += 1
-                continue
-            raise SystemExit(f"{dst} exists with other settings ({old}); pass --overwrite or another --output")
-        image, record = enhance(src, settings["checkpoint"], tile=tile, strength=settings["strength"],
-                                device=args.device)
-        record["input"] = str(src)
-        if args.reference is not None:
-            record.update(reference_metrics(image, args.reference, src.stem))
-            scores.append(record.get("psnr"))
-        save_image(image, dst, {"settings": settings, "record": record}, protect=tuple(inputs))
-        done += 1
-    print(f"enhanced {done}, skipped {skipped} already done, into {args.output}", file=sys.stderr)
-    measured = [x for x in scores if x is not None]
-    if measured:
-        print(f"mean PSNR {sum(measured) / len(measured):.2f} dB over {len(measured)} images with references",
+        preset = preset_settings(args.preset) if args.preset else {}
+        chosen = {"checkpoint": args.checkpoint, "strength": args.strength, "tile": args.tile}
+        values = {k: v for k, v in {**preset, **{k: v for k, v in chosen.items() if v is not None}}.items()
+                  if k in chosen}
+        settings = EnhanceSettings(**values).validate()
+
+        def score(job: Job, result: Result) -> None:
+            if args.reference is not None:
+                metrics = reference_metrics(result.image, args.reference, job.input.stem)
+                result.record["reference"] = metrics
+                if "psnr" in metrics:
+                    scores.append(metrics["psnr"])
+
+        spec = method_spec(get_method("enhance"), settings, on_result=score)
+        status = run_spec(spec, args.input, args.output, overwrite=args.overwrite, progress=not args.quiet)
+    except (ClipKitError, ValueError) as e:  # ValueError: a preset of another method
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if scores:
+        print(f"mean PSNR {sum(scores) / len(scores):.2f} dB over {len(scores)} images with references",
               file=sys.stderr)
-    return 0
+    return status
 
 
 if __name__ == "__main__":

@@ -7,35 +7,40 @@
         --prompt "a watercolor painting"
     python -m generators.style.cli poda --input PHOTOS --output OUT --prompt "driving at night"
 
-Folder runs show a progress bar, skip outputs already made with the same settings (resume), never write over an
-input and write atomically. ``--preset van-gogh`` reads presets/style-van-gogh.json; flags override it.
+Folder runs go through the batch engine of ``app.py batch`` (``generators/batch.py``): a progress bar, outputs
+already made with the same settings skipped (resume), a run log, inputs never written over, atomic writes; a file
+that fails is reported and the rest go on (exit status 1). ``--preset van-gogh`` reads
+presets/style-van-gogh.json; flags override it.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import asdict, fields
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from generators.style.batch import list_inputs, run_batch
-from generators.style.clipstyler import ClipStylerSettings, apply_network, clipstyler
+from generators.api import Result, result_of
+from generators.batch import IMAGE_EXTS, BatchSpec, Job, expand_inputs, method_spec, run_spec
+from generators.registry import get_method
+from generators.style.clipstyler import ClipStylerSettings, apply_network
 from generators.style.feedforward import (
     DEFAULT_PROMPTS,
     StylizeSettings,
     TrainStylizerSettings,
     get_stylizer,
-    stylize,
     train_stylizer,
 )
 from generators.style.network import read_metadata, save_network
-from generators.style.poda import PinAugmenter, PodaSettings, poda
+from generators.style.poda import PinAugmenter, PodaSettings
 from generators.style.presets import load_preset
-from guidance.clip import DEFAULT_MODEL, get_clip
+from guidance.clip import get_clip
 from guidance.errors import ClipKitError
+from guidance.images import load_image
+from guidance.runs import CancelToken
 
 
 def _settings(cls: type, args: argparse.Namespace, method: str) -> Any:
@@ -48,7 +53,7 @@ def _settings(cls: type, args: argparse.Namespace, method: str) -> Any:
     return cls(**values).validate()
 
 
-def _common(p: argparse.ArgumentParser, io: bool = True) -> None:
+def _common(p: argparse.ArgumentParser, io: bool = True, clip: bool = True) -> None:
     if io:
         p.add_argument("--input", required=True, type=Path, help="an image or a folder of images (not recursive)")
         p.add_argument("--output", required=True, type=Path, help="folder for the PNG results (not the input folder)")
@@ -57,8 +62,9 @@ def _common(p: argparse.ArgumentParser, io: bool = True) -> None:
         p.add_argument("--prompt")
         p.add_argument("--size", type=int, help="long side in pixels the image is processed at")
     p.add_argument("--seed", type=int)
-    p.add_argument("--model", help="CLIP name (default: the packaged world-guide)")
-    p.add_argument("--pretrained", help="CLIP weights: a local file, a cached tag, or 'random' (plumbing only)")
+    if clip:  # the stylizer's CLIP is fixed by its checkpoint
+        p.add_argument("--model", help="CLIP name (default: the packaged world-guide)")
+        p.add_argument("--pretrained", help="CLIP weights: a local file, a cached tag, or 'random' (plumbing only)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -84,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--network", type=Path, help="fast mode: apply this saved network instead of optimising")
 
     s = sub.add_parser("stylize", help="feed-forward text-conditioned stylizer: one pass per image")
-    _common(s)
+    _common(s, clip=False)
     s.add_argument("--checkpoint", help="trained stylizer (.safetensors from train-stylizer; default: the shipped "
                    "world stylizer, which knows world prompts)")
     s.add_argument("--no-noise", dest="noise", action="store_false", default=None)
@@ -113,61 +119,70 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def cmd_clipstyler(args: argparse.Namespace) -> str:
-    progress = not args.quiet
-    if args.network is not None:
-        md = read_metadata(args.network)
-        job = {"method": "clipstyler", "mode": "fast", "network": str(args.network.resolve()),
-               "prompt": md["meta"].get("prompt"), "size": args.size}
-        report = run_batch(args.input, args.output, job,
-                           lambda img, _: apply_network(args.network, img, size=args.size), args.overwrite, progress)
-        return report.summary()
-    s = _settings(ClipStylerSettings, args, "clipstyler")
-    clip = get_clip(s.model, s.pretrained)
-    job = {"method": "clipstyler", **asdict(s)}
+def _run_folder(args: argparse.Namespace, spec: BatchSpec, cancel: CancelToken | None = None) -> int:
+    return run_spec(spec, [str(args.input)], args.output, overwrite=args.overwrite, progress=not args.quiet,
+                    cancel=cancel)
 
-    def save_net(src: Path, dst: Path, result) -> None:
+
+def cmd_clipstyler(args: argparse.Namespace) -> int:
+    if args.network is not None:
+        return _run_folder(args, _fast_spec(args.network, args.size))
+    s = _settings(ClipStylerSettings, args, "clipstyler")
+    token = CancelToken()
+
+    def save_net(job: Job, result: Result) -> None:
         if args.save_networks is not None:
-            save_network(result.extras["network"], args.save_networks / f"{src.stem}.safetensors",
+            save_network(result.run.extras["network"], args.save_networks / f"{job.input.stem}.safetensors",
                          "clipstyler-unet", result.settings)
 
-    report = run_batch(args.input, args.output, job,
-                       lambda img, _: clipstyler(img, s, clip=clip, progress=progress), args.overwrite, progress,
-                       after_each=save_net)
-    return report.summary()
+    spec = method_spec(get_method("clipstyler"), s, clip=get_clip(s.model, s.pretrained), cancel=token,
+                       on_result=save_net)
+    return _run_folder(args, spec, token)
 
 
-def cmd_stylize(args: argparse.Namespace) -> str:
+def _fast_spec(network: Path, size: int | None) -> BatchSpec:
+    """CLIPstyler's fast mode as a batch: a saved network applied to each input (no optimisation)."""
+    md = read_metadata(network)["meta"]
+    path = str(network.resolve())
+
+    def run_one(image: Path) -> Result:
+        return result_of(apply_network(path, load_image(image), size=size))
+
+    want = {"method": "clipstyler", "mode": "fast", "size": size, "network_path": path}
+    return BatchSpec("clipstyler", want, run_one, ignore=("prompt", "content_features"), clip_name=md.get("clip"))
+
+
+def cmd_stylize(args: argparse.Namespace) -> int:
     s = _settings(StylizeSettings, args, "stylize")
-    _, meta = get_stylizer(s.checkpoint)  # cached: stylize() reuses it
-    clip = get_clip(args.model or meta.get("model") or DEFAULT_MODEL, args.pretrained or meta.get("pretrained"))
-    job = {"method": "stylize", **asdict(s), "trained_steps": meta.get("step")}
-    report = run_batch(args.input, args.output, job, lambda img, _: stylize(img, s, clip=clip),
-                       args.overwrite, not args.quiet)
-    return report.summary()
+    _, meta = get_stylizer(s.checkpoint)  # cached: the runs reuse it
+    token = CancelToken()
+    spec = method_spec(get_method("stylize"), s, cancel=token)
+    # a checkpoint trained further is another network: its outputs are redone, not resumed
+    spec = replace(spec, want={**spec.want, "trained_steps": meta.get("step")},
+                   ignore=tuple(k for k in spec.ignore if k != "trained_steps"))
+    return _run_folder(args, spec, token)
 
 
-def cmd_poda(args: argparse.Namespace) -> str:
+def cmd_poda(args: argparse.Namespace) -> int:
     s = _settings(PodaSettings, args, "poda")
     clip = get_clip(s.model, s.pretrained)
-    job = {"method": "poda", **asdict(s)}
     bank = PinAugmenter(clip)
+    token = CancelToken()
 
-    def keep(src: Path, dst: Path, result) -> None:
-        pin = result.extras["pin"]
+    def keep(job: Job, result: Result) -> None:
+        pin = result.run.extras["pin"]
         old = bank.banks.get(s.prompt)
         bank.banks[s.prompt] = (pin.mu, pin.sigma) if old is None else (
             torch.cat([old[0], pin.mu]), torch.cat([old[1], pin.sigma]))
 
-    report = run_batch(args.input, args.output, job, lambda img, _: poda(img, s, clip=clip, progress=False),
-                       args.overwrite, not args.quiet, after_each=keep)
+    status = _run_folder(args, method_spec(get_method("poda"), s, clip=clip, cancel=token, on_result=keep), token)
     if args.save_stats is not None and bank.banks:
         args.save_stats.parent.mkdir(parents=True, exist_ok=True)
         bank.save(str(args.save_stats))
-    return report.summary()
+    return status
 
 
-def cmd_train(args: argparse.Namespace) -> str:
+def cmd_train(args: argparse.Namespace) -> int:
     values: dict[str, Any] = {}
     if args.prompts_file is not None:
         values["prompts"] = [ln.strip() for ln in args.prompts_file.read_text().splitlines() if ln.strip()]
@@ -181,16 +196,18 @@ def cmd_train(args: argparse.Namespace) -> str:
             values[f.name] = v
     s = TrainStylizerSettings(**values).validate()
     clip = get_clip(s.model, s.pretrained)
-    result = train_stylizer(list_inputs(args.content), args.out, s, clip=clip, resume=args.resume,
+    result = train_stylizer(expand_inputs([str(args.content)], IMAGE_EXTS), args.out, s, clip=clip, resume=args.resume,
                             progress=not args.quiet)
     h = result.history
     start = result.extras["start_step"]
     if not h:
-        return f"{args.out} is already trained to step {start} (raise --steps to continue)"
+        print(f"{args.out} is already trained to step {start} (raise --steps to continue)", file=sys.stderr)
+        return 0
     first, last = h[0]["loss"], sum(x["loss"] for x in h[-10:]) / len(h[-10:])
-    return (f"trained steps {start}..{start + len(h)} in {result.timings['train_s']:.1f}s "
-            f"({result.timings['s_per_step']:.2f}s/step); loss {first:.1f} -> {last:.1f} (mean of last 10); "
-            f"saved {args.out}")
+    print(f"trained steps {start}..{start + len(h)} in {result.timings['train_s']:.1f}s "
+          f"({result.timings['s_per_step']:.2f}s/step); loss {first:.1f} -> {last:.1f} (mean of last 10); "
+          f"saved {args.out}", file=sys.stderr)
+    return 0
 
 
 COMMANDS = {"clipstyler": cmd_clipstyler, "stylize": cmd_stylize, "poda": cmd_poda, "train-stylizer": cmd_train}
@@ -201,12 +218,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        message = COMMANDS[args.command](args)
+        return COMMANDS[args.command](args)
     except ClipKitError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(message, file=sys.stderr)
-    return 0
 
 
 if __name__ == "__main__":
