@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import open_clip
@@ -15,6 +16,7 @@ from world.scene import (
     HELDOUT,
     LIGHTINGS,
     MAX_SHADE,
+    OVERSIZE,
     POSITIONS,
     SHAPES,
     SIZES,
@@ -151,6 +153,31 @@ def test_shades_vary_the_paint_but_keep_the_true_name() -> None:
         shaded(objects[0], 0.3, torch.Generator().manual_seed(0))
     with pytest.raises(ValueError, match="shade radius"):
         WorldDataset(None, shade=0.3)
+
+
+def test_oversize_enlarges_large_single_objects_only_and_keeps_other_data() -> None:
+    big = WorldDataset(None, seed=2, group_size=4, oversize=1.0, normalized=False)
+    plain = WorldDataset(None, seed=2, group_size=4, normalized=False)
+    grown = 0
+    for group in range(60):
+        for a, b in zip(big._group(group)[0], plain._group(group)[0]):
+            if len(a.objects) == 1 and a.objects[0].size == "large":
+                assert a.objects[0].scale >= OVERSIZE[0] * b.objects[0].scale - 1e-6
+                assert replace(a, objects=b.objects) == b  # nothing else changed
+                grown += 1
+            else:
+                assert a == b  # small objects and two-object scenes as before
+    assert grown > 20
+    x = render_batch([s for g in range(60) for s in big._group(g)[0] if len(s.objects) == 1
+                      and s.objects[0].size == "large" and s.background == "plain"][:8])
+    # an oversized object reaches the frame: some edge pixel has the object's colour, not the background's
+    edges = torch.cat([x[..., 0, :], x[..., -1, :], x[..., :, 0], x[..., :, -1]], dim=-1)
+    assert (edges.std(dim=-1).amax(dim=1) > 0.05).float().mean() > 0.5
+    held = WorldDataset(None, seed=2, split="heldout", group_size=4, oversize=1.0, normalized=False)
+    held0 = WorldDataset(None, seed=2, split="heldout", group_size=4, normalized=False)
+    assert all(held._group(g) == held0._group(g) for g in range(20))  # evaluation data never oversized
+    with pytest.raises(ValueError, match="oversize"):
+        WorldDataset(None, oversize=1.5)
 
 
 @pytest.fixture(scope="module")

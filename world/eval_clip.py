@@ -155,8 +155,8 @@ def _segment(run_dir: Path) -> tuple[str, dict, dict]:
     args = json.loads((run_dir / "args.json").read_text()) if (run_dir / "args.json").exists() else {}
     if not args:
         return "(run directory not found)", args, done
-    opts = ["model", "init", "steps", "batch_size", "lr", "warmup", "free_colour", "shade", "noise", "vary", "easy",
-            "easy_steps", "seed", "max_minutes", "threads"]
+    opts = ["model", "init", "steps", "batch_size", "lr", "warmup", "free_colour", "shade", "oversize", "noise",
+            "vary", "easy", "easy_steps", "seed", "max_minutes", "threads"]
     unset = {k: ("0",) for k in ("easy_steps", "max_minutes")}
     parts = [f"--{k.replace('_', '-')} {args[k]}" for k in opts
              if k in args and args[k] not in (None, "None", "", "0.0", *unset.get(k, ()))]
@@ -230,7 +230,9 @@ shape must be read regardless of colour; such a colour counts as its nearest
 named colour for the held-out rule.  With `--shade R`, the objects of the
 other training groups take a random shade of their named colour (an RGB offset
 of at most R, below half the distance between any two named colours), so a
-colour word covers a neighbourhood of its colour, not one point.  A curriculum
+colour word covers a neighbourhood of its colour, not one point.  With
+`--oversize P`, a share P of the groups draws its large single objects 1.3 to
+2 times larger, so they may fill and leave the frame.  A curriculum
 (`--easy`) builds a falling share of the groups on easy scenes (one object on
 a plain background in bright light) early in training.  Held out of
 training: {held}.

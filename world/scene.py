@@ -162,6 +162,27 @@ def shaded(obj: ObjectSpec, radius: float, generator: torch.Generator) -> Object
     return replace(obj, shade=tuple(float(v) for v in offset))
 
 
+# How much larger than "large" an oversized object is drawn (radius 0.35 to 0.54 of the side: it may leave the frame)
+OVERSIZE = (1.3, 2.0)
+
+
+def oversized(scenes: list[SceneSpec], generator: torch.Generator) -> list[SceneSpec]:
+    """`scenes` (a hard-negative group) with every large object of a one-object scene drawn 1.3 to 2 times its
+    size, one factor for the whole group so its scenes still differ in their varied attribute only.
+
+    Guided images are often one object that fills the frame and runs off it; rendered objects never do, so
+    CLIPs trained without such scenes read a red circle cut by the frame as a square or a cross
+    (bench/judge_probes.py).  Small objects stay small, and two-object scenes keep their layout."""
+    factor = _uniform(generator, *OVERSIZE)
+    out = []
+    for scene in scenes:
+        if len(scene.objects) == 1 and scene.objects[0].size == "large":
+            o = scene.objects[0]
+            scene = replace(scene, objects=(replace(o, scale=o.scale * factor),))
+        out.append(scene)
+    return out
+
+
 def _split_ok(scene: SceneSpec, split: str) -> bool:
     return is_heldout(scene) if split == "heldout" else not is_heldout(scene)
 
