@@ -133,6 +133,9 @@ def _generate_entry() -> Method:
             "lr": Control("Learning rate", kind="number", advanced=True),
             "cutouts": Control("Cutouts per step", kind="slider", minimum=1, maximum=128, step=1, advanced=True),
             "tv_weight": Control("Smoothness (TV weight)", kind="number", advanced=True),
+            "rotate": Control("View rotation (degrees)", "each view turned by up to this much: the picture must read "
+                              "as the prompt from every side", kind="slider", minimum=0, maximum=180, step=5,
+                              advanced=True),
             "detail_decay": _DETAIL_DECAY,
             "templates": Control("Prompt templates", kind="dropdown", choices=tuple(sorted(TEMPLATE_SETS)),
                                  advanced=True),

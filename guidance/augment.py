@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
+import kornia
 import kornia.augmentation as K
 import torch
 from torchvision.ops import roi_align
@@ -44,12 +45,21 @@ def crop_boxes(images: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Te
     return roi_align(images, rois.to(images.dtype), output_size=size, sampling_ratio=0, aligned=True)
 
 
+def turn(images: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
+    """Rotate each image (B, C, H, W) by its angle (B,) about its centre; uncovered corners take its mean colour."""
+    mean = images.mean(dim=(-2, -1), keepdim=True)
+    return kornia.geometry.transform.rotate(images - mean, degrees.to(images)) + mean
+
+
 @dataclass(eq=False)
 class Cutouts:
     """`n` square crops per image, sides between `min_frac` of the short side and the whole image.
 
     `cut_pow` > 1 favours small crops (detail), < 1 large ones (composition); `size` defaults to the
-    CLIP input size, which the guide supplies.
+    CLIP input size, which the guide supplies. `rotate` turns every view by a random angle up to that many
+    degrees (corners filled with the view's mean colour): where shapes are named at any turn, an image must
+    read as the prompt from every side, so the optimiser cannot draw what the prompt is not when upright
+    (the world guide's "a red circle" became a point-down blob, the opposite of an upright triangle).
     """
 
     n: int = 32
@@ -58,6 +68,7 @@ class Cutouts:
     min_frac: float = 0.25
     noise: float = 0.05
     jitter: bool = True
+    rotate: float = 0.0
     _augs: torch.nn.Module = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -67,6 +78,8 @@ class Cutouts:
             raise ParameterError(f"cutouts min_frac={self.min_frac} must be in (0, 1]")
         if not 0.05 <= self.cut_pow <= 20:
             raise ParameterError(f"cutouts cut_pow={self.cut_pow} must be in [0.05, 20]")
+        if not 0 <= self.rotate <= 180:
+            raise ParameterError(f"view rotation {self.rotate} must be in [0, 180] degrees")
         self._augs = torch.nn.Sequential(
             K.RandomHorizontalFlip(p=0.5),
             K.RandomAffine(degrees=10, translate=(0.05, 0.05), padding_mode="border", p=0.5),
@@ -89,6 +102,8 @@ class Cutouts:
         crops = crop_boxes(images, boxes, size)
         if self.jitter:
             crops = _seeded(generator, lambda: self._augs(crops))
+        if self.rotate > 0:
+            crops = turn(crops, (torch.rand(crops.shape[0], generator=generator) * 2 - 1) * self.rotate)
         if self.noise > 0:
             sigma = torch.rand(crops.shape[0], 1, 1, 1, generator=generator) * self.noise
             crops = crops + sigma.to(crops) * torch.randn(crops.shape, generator=generator).to(crops)

@@ -140,3 +140,18 @@ def test_cancel_stops_early_and_keeps_partial(clip):
     r = generate(clip=clip, prompt="a star", steps=50, size=32, cutouts=2, progress=False, callback=cb, cancel=token)
     assert r.cancelled and len(r.history) == 2 and seen == [1, 2]
     assert r.images.shape == (1, 3, 32, 32)
+
+
+def test_cutouts_rotate_turns_views_reproducibly():
+    top_lit = torch.zeros(1, 3, 32, 32)
+    top_lit[..., :12, :] = 1.0  # a bright band along the top edge
+    plain = Cutouts(64, min_frac=1.0, noise=0.0, jitter=False)
+    turned = Cutouts(64, min_frac=1.0, noise=0.0, jitter=False, rotate=180)
+    upright = plain(top_lit, 32, torch.Generator().manual_seed(0))
+    views = turned(top_lit, 32, torch.Generator().manual_seed(0))
+    assert float(upright[..., 20:, :].amax()) < 0.1  # unturned views never light the bottom
+    lit_bottom = views[..., 26:, 12:20].mean(dim=(1, 2, 3)) > 0.5
+    assert 0.2 < float(lit_bottom.float().mean()) < 0.8  # some views are turned upside down, others not
+    assert torch.equal(views, turned(top_lit, 32, torch.Generator().manual_seed(0)))
+    with pytest.raises(ParameterError, match="rotation"):
+        Cutouts(8, rotate=270)

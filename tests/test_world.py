@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -178,6 +179,32 @@ def test_oversize_enlarges_large_single_objects_only_and_keeps_other_data() -> N
     assert all(held._group(g) == held0._group(g) for g in range(20))  # evaluation data never oversized
     with pytest.raises(ValueError, match="oversize"):
         WorldDataset(None, oversize=1.5)
+
+
+def test_rotate_turns_whole_groups_by_one_angle_and_keeps_other_data() -> None:
+    turned = WorldDataset(None, seed=2, group_size=4, rotate=1.0, normalized=False)
+    plain = WorldDataset(None, seed=2, group_size=4, normalized=False)
+    turns = []
+    for group in range(40):
+        (a, varied_a), (b, varied_b) = turned._group(group), plain._group(group)
+        assert varied_a == varied_b
+        offsets = {round(oa.angle - ob.angle, 6) for sa, sb in zip(a, b) for oa, ob in zip(sa.objects, sb.objects)}
+        assert len(offsets) == 1  # one angle for the whole group: its scenes still differ in one attribute
+        turns.append(offsets.pop())
+        for sa, sb in zip(a, b):
+            objects = tuple(replace(oa, angle=ob.angle) for oa, ob in zip(sa.objects, sb.objects))
+            assert replace(sa, objects=objects) == sb  # nothing but the angle changed
+    assert min(turns) < -2 and max(turns) > 2  # the whole circle, not the +-0.3 rad tilt
+    scene = replace(plain._group(0)[0][0], objects=(ObjectSpec("triangle", "red", "large", "centre"),),
+                    background="plain", bg_colour="white", lighting="bright")
+    flipped = replace(scene, objects=(replace(scene.objects[0], angle=math.pi),))
+    up, down = render_batch([scene, flipped])
+    assert (up - down).abs().amax() > 0.5  # the renderer draws a turn: a triangle turned by pi points down
+    held = WorldDataset(None, seed=2, split="heldout", group_size=4, rotate=1.0, normalized=False)
+    held0 = WorldDataset(None, seed=2, split="heldout", group_size=4, normalized=False)
+    assert all(held._group(g) == held0._group(g) for g in range(20))  # evaluation data never turned
+    with pytest.raises(ValueError, match="rotate"):
+        WorldDataset(None, rotate=-0.1)
 
 
 @pytest.fixture(scope="module")

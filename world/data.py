@@ -26,6 +26,7 @@ from world.scene import (
     is_heldout,
     oversized,
     render_batch,
+    rotated,
     sample_scene,
     shaded,
     vary,
@@ -62,13 +63,17 @@ class WorldDataset(Dataset):
                  length: int = 10_000_000, group_size: int = 4, size: int = 64,
                  noise: float = 0.02, normalized: bool = True, single_attribute: float = 0.5,
                  free_colour: float = 0.0, vary_weights: dict[str, float] | None = None,
-                 easy: float = 0.0, easy_groups: int = 0, shade: float = 0.0, oversize: float = 0.0) -> None:
+                 easy: float = 0.0, easy_groups: int = 0, shade: float = 0.0, oversize: float = 0.0,
+                 rotate: float = 0.0) -> None:
         self.tokenizer, self.seed, self.split = tokenizer, seed, split
         check_shade(shade)  # here, not first inside a DataLoader worker
         self.free_colour, self.shade = free_colour, shade
         if not 0 <= oversize <= 1:
             raise ValueError(f"oversize={oversize} must be a fraction of the groups, in [0, 1]")
         self.oversize = oversize  # share of training groups whose large single objects are drawn oversized
+        if not 0 <= rotate <= 1:
+            raise ValueError(f"rotate={rotate} must be a fraction of the groups, in [0, 1]")
+        self.rotate = rotate  # share of training groups turned by a random angle
         # Curriculum: group k's base scene is "easy" (one object, plain background, bright light)
         # with probability easy * (1 - k / easy_groups), so shape is learned on clean
         # silhouettes before clutter; shape stayed near chance for 5,000 steps without it.
@@ -115,6 +120,8 @@ class WorldDataset(Dataset):
         # drawn only when asked for, so runs without it keep their exact data
         if self.split == "train" and self.oversize > 0 and float(torch.rand((), generator=g)) < self.oversize:
             scenes = oversized(scenes, g)
+        if self.split == "train" and self.rotate > 0 and float(torch.rand((), generator=g)) < self.rotate:
+            scenes = rotated(scenes, g)
         return scenes, frozenset(varied)
 
     def scene_and_caption(self, index: int, _cache: dict | None = None) -> tuple[SceneSpec, str]:

@@ -33,6 +33,7 @@ from world.scene import (
     SceneSpec,
     describe,
     render_batch,
+    rotated,
     sample_scene,
 )
 
@@ -60,9 +61,14 @@ def with_value(scene: SceneSpec, attribute: str, value: str) -> SceneSpec:
 
 
 def scenes_for(split: str, n: int, seed: int = 1234, n_objects: int | None = 1) -> list[SceneSpec]:
-    """A fixed evaluation set (its own seed stream, disjoint from training seeds)."""
-    g = seeded("eval", seed, split, n_objects)
-    return [sample_scene(g, split, n_objects) for _ in range(n)]
+    """A fixed evaluation set (its own seed stream, disjoint from training seeds).
+
+    A split named "<split>-turned" is that split's set with each scene turned by a random angle: do shape
+    names hold at any rotation (`--rotate` in training)?"""
+    base, turned = split.removesuffix("-turned"), split.endswith("-turned")
+    g = seeded("eval", seed, base, n_objects)
+    scenes = [sample_scene(g, base, n_objects) for _ in range(n)]
+    return [rotated([s], g)[0] for s in scenes] if turned else scenes
 
 
 @torch.no_grad()
@@ -155,8 +161,8 @@ def _segment(run_dir: Path) -> tuple[str, dict, dict]:
     args = json.loads((run_dir / "args.json").read_text()) if (run_dir / "args.json").exists() else {}
     if not args:
         return "(run directory not found)", args, done
-    opts = ["model", "init", "steps", "batch_size", "lr", "warmup", "free_colour", "shade", "oversize", "noise",
-            "vary", "easy", "easy_steps", "seed", "max_minutes", "threads"]
+    opts = ["model", "init", "steps", "batch_size", "lr", "warmup", "free_colour", "shade", "oversize", "rotate",
+            "noise", "vary", "easy", "easy_steps", "seed", "max_minutes", "threads"]
     unset = {k: ("0",) for k in ("easy_steps", "max_minutes")}
     parts = [f"--{k.replace('_', '-')} {args[k]}" for k in opts
              if k in args and args[k] not in (None, "None", "", "0.0", *unset.get(k, ()))]
@@ -259,7 +265,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", default="world-guide")
     p.add_argument("--pretrained", default=None, help="weights (default world/models/<model>.safetensors)")
     p.add_argument("--n", type=int, default=1000, help="scenes per evaluation set")
-    p.add_argument("--splits", default="heldout,train")
+    p.add_argument("--splits", default="heldout,train",
+                   help="comma-separated: heldout, train, and either with -turned (scenes at random rotations)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--write-card", action="store_true", help="put the table into world/models/<model>.md")
     p.add_argument("--json", type=Path, default=None)

@@ -183,6 +183,19 @@ def oversized(scenes: list[SceneSpec], generator: torch.Generator) -> list[Scene
     return out
 
 
+def rotated(scenes: list[SceneSpec], generator: torch.Generator) -> list[SceneSpec]:
+    """`scenes` (a hard-negative group) with every object turned by one random angle in [-pi, pi), the same for
+    the whole group so its scenes still differ in their varied attribute only.
+
+    A shape's name does not depend on how it is turned, yet rendered objects are only tilted by +-0.3 rad, so a
+    CLIP trained on them can define "circle" by what the other shapes show upright: text to image for "a red
+    circle" then paints a flat-topped, point-down blob (the opposite of an upright triangle), and with flipped
+    views a diamond (the opposite of an upright square).  Turned shapes close that loophole, and let text to
+    image view its canvas at any rotation."""
+    turn = _uniform(generator, -math.pi, math.pi)
+    return [replace(s, objects=tuple(replace(o, angle=o.angle + turn) for o in s.objects)) for s in scenes]
+
+
 def _split_ok(scene: SceneSpec, split: str) -> bool:
     return is_heldout(scene) if split == "heldout" else not is_heldout(scene)
 

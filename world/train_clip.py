@@ -142,6 +142,8 @@ def main(argv: list[str] | None = None) -> None:
                    help=f"radius of random RGB shades of the named colours (training groups; <= {MAX_SHADE})")
     p.add_argument("--oversize", type=float, default=0.0,
                    help="fraction of groups whose large single objects are drawn 1.3-2x larger (may leave the frame)")
+    p.add_argument("--rotate", type=float, default=0.0,
+                   help="fraction of groups whose objects are turned by a random angle (shapes at any rotation)")
     p.add_argument("--easy", type=float, default=0.0,
                    help="curriculum: starting fraction of groups built on easy scenes (one object, plain, bright)")
     p.add_argument("--easy-steps", type=int, default=0,
@@ -174,7 +176,7 @@ def main(argv: list[str] | None = None) -> None:
     ds = WorldDataset(tokenizer, seed=a.seed, group_size=a.group_size,
                       length=(a.steps + 1) * a.batch_size, free_colour=a.free_colour,
                       noise=a.noise, vary_weights=parse_weights(a.vary), easy=a.easy, shade=a.shade,
-                      oversize=a.oversize, easy_groups=a.easy_steps * a.batch_size // a.group_size)
+                      oversize=a.oversize, rotate=a.rotate, easy_groups=a.easy_steps * a.batch_size // a.group_size)
     loader = DataLoader(ds, batch_sampler=HardNegativeBatchSampler(ds, a.batch_size, start=step),
                         num_workers=a.workers, worker_init_fn=_worker_init,
                         persistent_workers=False, prefetch_factor=4 if a.workers else None)

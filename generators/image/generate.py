@@ -34,6 +34,7 @@ class GenerateSettings:
     cut_pow: float = 1.0
     min_frac: float = 1.0
     noise: float = 0.5  # view noise: 0.5 over 0.3 took the judge from 1 to 4 of 8 seeds first on "a red circle"
+    rotate: float = 0.0  # views turned by up to this many degrees (for CLIPs that know shapes at any turn)
     tv_weight: float = 0.3
     detail_decay: float = 0.3  # step size of each finer pyramid level relative to the next coarser one
     init_std: float = 0.5  # spread of the starting noise (summed over pyramid levels, in logit units)
@@ -58,7 +59,7 @@ class GenerateSettings:
             raise ParameterError(f"tv_weight={self.tv_weight} must be in [0, 10000]")
         if self.templates not in TEMPLATE_SETS:
             raise ParameterError(f"templates='{self.templates}' must be one of {sorted(TEMPLATE_SETS)}")
-        Cutouts(self.cutouts, cut_pow=self.cut_pow, min_frac=self.min_frac)
+        Cutouts(self.cutouts, cut_pow=self.cut_pow, min_frac=self.min_frac, rotate=self.rotate)
         return self
 
 
@@ -79,7 +80,8 @@ def generate(
         clip,
         [
             PromptTerm(prompts=s.prompt, templates=TEMPLATE_SETS[s.templates],
-                       view=Cutouts(s.cutouts, cut_pow=s.cut_pow, min_frac=s.min_frac, noise=s.noise)),
+                       view=Cutouts(s.cutouts, cut_pow=s.cut_pow, min_frac=s.min_frac, noise=s.noise,
+                                       rotate=s.rotate)),
             TVTerm(weight=s.tv_weight),
         ],
         generator=gen,
