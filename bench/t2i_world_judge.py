@@ -4,8 +4,11 @@
 
 Runs `generate` with the guide (world-guide) once with the defaults (the baseline of the same run) and once per
 `--set` variant, then ranks "a <colour> <shape>" among the 66 one-object captions of the world with the judge.
-Prints per variant: how many images the judge ranks first, the median rank, the mean probability and the
-seconds per run, so a change of recipe is measured against the defaults on the same seeds.
+Prints per variant: how many images the judge ranks first, the median rank, the mean probability, two
+judge-free pixel measures of the figure (the pixels nearest the target's named colour): its share of the image
+and the IoU with a disc of its area at its centroid (1 = a disc; the guide's upright "a red circle" blob,
+flat on top and pointed below, scores about 0.7), and the seconds per run, so a change of recipe is measured
+against the defaults on the same seeds.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from generators.image.generate import generate  # noqa: E402
 from guidance.clip import load_clip  # noqa: E402
-from world.scene import ONE_OBJECT_CAPTIONS  # noqa: E402
+from world.scene import COLOURS, ONE_OBJECT_CAPTIONS  # noqa: E402
 
 ONE_OBJECT = list(ONE_OBJECT_CAPTIONS)
 
@@ -39,6 +42,24 @@ def parse_set(items: list[str]) -> dict[str, object]:
         except json.JSONDecodeError:
             out[key] = value
     return out
+
+
+def figure_stats(images: torch.Tensor, colour: str) -> tuple[float, float]:
+    """(mean share of the image, mean disc IoU) of the pixels whose nearest named colour is `colour`."""
+    palette = torch.tensor(list(COLOURS.values()))
+    nearest = ((images.permute(0, 2, 3, 1)[..., None, :] - palette) ** 2).sum(-1).argmin(-1)
+    masks = (nearest == list(COLOURS).index(colour)).float()
+    yy, xx = torch.meshgrid(*(torch.arange(n, dtype=torch.float32) for n in masks.shape[1:]), indexing="ij")
+    ious = []
+    for m in masks:
+        area = m.sum()
+        if area < 1:
+            ious.append(0.0)
+            continue
+        cy, cx = (m * yy).sum() / area, (m * xx).sum() / area
+        disc = ((yy - cy) ** 2 + (xx - cx) ** 2 <= area / torch.pi).float()
+        ious.append(float((disc * m).sum() / torch.maximum(disc, m).sum()))
+    return float(masks.mean()), statistics.fmean(ious)
 
 
 def main() -> None:
@@ -61,7 +82,8 @@ def main() -> None:
     judge = load_clip("world-judge", pretrained=a.judge, device="cpu")
     k = ONE_OBJECT.index(target)
     print(f"prompt {a.prompt!r}, batch {a.batch}, seed {a.seed}; judge ranks {target!r} among {len(ONE_OBJECT)}")
-    print("| variant | first | median rank | mean p | s/run |\n|---|---|---|---|---|")
+    colour = target.split()[1]
+    print("| variant | first | median rank | mean p | figure share | disc IoU | s/run |\n|---|---|---|---|---|---|---|")
     for variant in [""] + a.set:
         overrides = parse_set([x for x in variant.split(",") if x])
         t0 = time.perf_counter()
@@ -70,8 +92,9 @@ def main() -> None:
         seconds = time.perf_counter() - t0
         prob = judge.caption_probabilities(images, ONE_OBJECT)
         ranks = [int((row > row[k]).sum()) + 1 for row in prob]
+        share, iou = figure_stats(images, colour)
         print(f"| {variant or 'defaults'} | {ranks.count(1)}/{len(ranks)} | {statistics.median(ranks):g} "
-              f"| {float(prob[:, k].mean()):.2f} | {seconds:.1f} |", flush=True)
+              f"| {float(prob[:, k].mean()):.2f} | {share:.2f} | {iou:.2f} | {seconds:.1f} |", flush=True)
 
 
 if __name__ == "__main__":

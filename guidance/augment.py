@@ -57,9 +57,9 @@ class Cutouts:
 
     `cut_pow` > 1 favours small crops (detail), < 1 large ones (composition); `size` defaults to the
     CLIP input size, which the guide supplies. `rotate` turns every view by a random angle up to that many
-    degrees (corners filled with the view's mean colour): where shapes are named at any turn, an image must
-    read as the prompt from every side, so the optimiser cannot draw what the prompt is not when upright
-    (the world guide's "a red circle" became a point-down blob, the opposite of an upright triangle).
+    degrees (corners filled with the view's mean colour), so an image must read as the prompt from every
+    side; it suits CLIPs that know shapes at any turn. Measured with the world guide, which knows them upright
+    only: "a red circle" becomes a round octagon instead of a point-down blob, but no more a circle to the judge.
     """
 
     n: int = 32

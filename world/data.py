@@ -68,11 +68,10 @@ class WorldDataset(Dataset):
         self.tokenizer, self.seed, self.split = tokenizer, seed, split
         check_shade(shade)  # here, not first inside a DataLoader worker
         self.free_colour, self.shade = free_colour, shade
-        if not 0 <= oversize <= 1:
-            raise ValueError(f"oversize={oversize} must be a fraction of the groups, in [0, 1]")
+        for name, share in (("oversize", oversize), ("rotate", rotate)):
+            if not 0 <= share <= 1:
+                raise ValueError(f"{name}={share} must be a fraction of the groups, in [0, 1]")
         self.oversize = oversize  # share of training groups whose large single objects are drawn oversized
-        if not 0 <= rotate <= 1:
-            raise ValueError(f"rotate={rotate} must be a fraction of the groups, in [0, 1]")
         self.rotate = rotate  # share of training groups turned by a random angle
         # Curriculum: group k's base scene is "easy" (one object, plain background, bright light)
         # with probability easy * (1 - k / easy_groups), so shape is learned on clean
