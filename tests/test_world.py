@@ -203,8 +203,9 @@ def test_rotate_turns_whole_groups_by_one_angle_and_keeps_other_data() -> None:
     held = WorldDataset(None, seed=2, split="heldout", group_size=4, rotate=1.0, normalized=False)
     held0 = WorldDataset(None, seed=2, split="heldout", group_size=4, normalized=False)
     assert all(held._group(g) == held0._group(g) for g in range(20))  # evaluation data never turned
-    with pytest.raises(ValueError, match="rotate"):
-        WorldDataset(None, rotate=-0.1)
+    for name in ("rotate", "free_colour", "easy"):
+        with pytest.raises(ValueError, match=name):
+            WorldDataset(None, **{name: -0.1})
 
 
 @pytest.fixture(scope="module")

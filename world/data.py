@@ -68,7 +68,7 @@ class WorldDataset(Dataset):
         self.tokenizer, self.seed, self.split = tokenizer, seed, split
         check_shade(shade)  # here, not first inside a DataLoader worker
         self.free_colour, self.shade = free_colour, shade
-        for name, share in (("oversize", oversize), ("rotate", rotate)):
+        for name, share in (("free_colour", free_colour), ("easy", easy), ("oversize", oversize), ("rotate", rotate)):
             if not 0 <= share <= 1:
                 raise ValueError(f"{name}={share} must be a fraction of the groups, in [0, 1]")
         self.oversize = oversize  # share of training groups whose large single objects are drawn oversized
