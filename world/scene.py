@@ -190,8 +190,8 @@ def rotated(scenes: list[SceneSpec], generator: torch.Generator) -> list[SceneSp
     A shape's name does not depend on how it is turned, yet rendered objects are only tilted by +-0.3 rad, so a
     CLIP trained on them can define "circle" by what the other shapes show upright: text to image for "a red
     circle" then paints a flat-topped, point-down blob (the opposite of an upright triangle), and with flipped
-    views a diamond (the opposite of an upright square).  Turned shapes close that loophole, and let text to
-    image view its canvas at any rotation."""
+    views a diamond (the opposite of an upright square).  Turned shapes close that loophole and let text to
+    image turn its views; measured, the next one opens (red fills the frame around a disc: the guide's card)."""
     turn = _uniform(generator, -math.pi, math.pi)
     return [replace(s, objects=tuple(replace(o, angle=o.angle + turn) for o in s.objects)) for s in scenes]
 
