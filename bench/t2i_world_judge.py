@@ -62,6 +62,15 @@ def figure_stats(images: torch.Tensor, colour: str) -> tuple[float, float]:
     return float(masks.mean()), statistics.fmean(ious)
 
 
+def save_strip(images: torch.Tensor, path: Path) -> None:
+    """The batch side by side in one PNG, to look at what the numbers describe."""
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    strip = torch.cat(list(images.clamp(0, 1)), dim=-1)  # (3, H, B*W)
+    Image.fromarray((strip.permute(1, 2, 0) * 255).round().byte().numpy()).save(path)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--prompt", default="a red circle")
@@ -73,6 +82,7 @@ def main() -> None:
     p.add_argument("--guide", default=None, help="guide weights (default: the shipped world-guide)")
     p.add_argument("--judge", default=None, help="judge weights (default: the shipped world-judge)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--save", type=Path, default=None, help="write each variant's images as one PNG strip here")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     target = a.target or a.prompt
@@ -93,6 +103,8 @@ def main() -> None:
         prob = judge.caption_probabilities(images, ONE_OBJECT)
         ranks = [int((row > row[k]).sum()) + 1 for row in prob]
         share, iou = figure_stats(images, colour)
+        if a.save is not None:
+            save_strip(images, a.save / f"{variant.replace('=', '-').replace(',', '_') or 'defaults'}.png")
         print(f"| {variant or 'defaults'} | {ranks.count(1)}/{len(ranks)} | {statistics.median(ranks):g} "
               f"| {float(prob[:, k].mean()):.2f} | {share:.2f} | {iou:.2f} | {seconds:.1f} |", flush=True)
 

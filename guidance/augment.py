@@ -46,8 +46,12 @@ def crop_boxes(images: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Te
 
 
 def turn(images: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
-    """Rotate each image (B, C, H, W) by its angle (B,) about its centre; uncovered corners take its mean colour."""
-    mean = images.mean(dim=(-2, -1), keepdim=True)
+    """Rotate each image (B, C, H, W) by its angle (B,) about its centre; uncovered corners take its mean colour.
+
+    The fill is detached: a fill that carries gradient lets an optimiser paint the corners of every turned
+    view by shifting the whole image toward the prompt's colour.
+    """
+    mean = images.mean(dim=(-2, -1), keepdim=True).detach()
     return kornia.geometry.transform.rotate(images - mean, degrees.to(images)) + mean
 
 

@@ -109,6 +109,39 @@ def parse_weights(text: str) -> dict[str, float]:
     return {k.strip(): float(v) for k, v in pairs}
 
 
+def make_optimizer(model: torch.nn.Module, lr: float, wd: float, fused: bool = True) -> torch.optim.AdamW:
+    """AdamW without decay on embeddings, gains and biases.
+
+    `fused` runs the update as one kernel: on 2 CPU cores it is 6x faster than the per-tensor loop
+    (bench/train_world_step.py), with the same update.
+    """
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
+    other = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": wd}, {"params": other, "weight_decay": 0.0}],
+                             lr=lr, betas=(0.9, 0.98), eps=1e-6, fused=fused)
+
+
+def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, loss_fn: ClipLoss, images: torch.Tensor,
+               tokens: torch.Tensor, channels_last: bool = True) -> torch.Tensor:
+    """One ClipLoss step (clipped gradients, logit scale kept <= 100); returns the loss.
+
+    `channels_last` lays out the images as CPU convolutions run fastest; the weights keep the usual layout,
+    so gradients, optimiser state and checkpoints do too (a fused AdamW given a channels_last weight with
+    contiguous state, as after a resume, updates it wrongly: measured).
+    """
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    img_f, txt_f, scale = model(images, tokens)[:3]
+    loss = loss_fn(img_f, txt_f, scale)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    with torch.no_grad():
+        model.logit_scale.clamp_(0, math.log(100))
+    return loss.detach()
+
+
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
@@ -159,10 +192,7 @@ def main(argv: list[str] | None = None) -> None:
 
     model, _, tokenizer = create(a.model)
     n_params = sum(p.numel() for p in model.parameters())
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
-    other = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": a.wd},
-                             {"params": other, "weight_decay": 0.0}], lr=a.lr, betas=(0.9, 0.98), eps=1e-6)
+    opt = make_optimizer(model, a.lr, a.wd)
     step, elapsed, cpu0 = 0, 0.0, 0.0
     resuming = a.resume and (out / "last.safetensors").exists()
     if a.init is not None and not resuming:
@@ -191,14 +221,7 @@ def main(argv: list[str] | None = None) -> None:
             break
         for group in opt.param_groups:
             group["lr"] = lr_at(step, a.steps, a.lr, a.warmup, budget)
-        img_f, txt_f, scale = model(images, tokens)[:3]
-        loss = loss_fn(img_f, txt_f, scale)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, math.log(100))
+        loss = train_step(model, opt, loss_fn, images, tokens)
         step += 1
         ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
         bar.update(1)
