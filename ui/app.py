@@ -484,8 +484,12 @@ class ClipKitApp:
         loads = [upload.upload(on_upload, {upload, *with_picture}, loaded, queue=False),
                  reuse_btn.click(on_reuse, {record_json, *with_picture}, loaded, queue=False)]
         if editor is not None:
-            clear_js = (f"(v) => {{ if (v) document.querySelector("
-                        f"'#{editor.elem_id} button[aria-label=\"Clear canvas\"]')?.click(); return v; }}")
+            # the clear must have drawn before the new value arrives, or it can wipe that value (one clean-clone CI
+            # run showed no restored mask): wait two frames and a moment after the click
+            clear_js = (f"async (v) => {{ if (v) {{ document.querySelector("
+                        f"'#{editor.elem_id} button[aria-label=\"Clear canvas\"]')?.click(); "
+                        "await new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r))); "
+                        "await new Promise(r => setTimeout(r, 100)); } return v; }")
             for event in loads:
                 event.then(None, pending, pending, js=clear_js, queue=False).then(
                     lambda value: gr.update() if value is None else value, pending, editor, queue=False)
