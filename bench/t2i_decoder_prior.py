@@ -14,7 +14,6 @@ An experiment toward the world generators of the later back-ends: nothing here i
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ from guidance.augment import Cutouts  # noqa: E402
 from guidance.clip import load_clip  # noqa: E402
 from guidance.guide import Guide, PromptTerm  # noqa: E402
 from world.data import HardNegativeBatchSampler, WorldDataset  # noqa: E402
+from world.train_clip import lr_at  # noqa: E402
 
 LATENT = 8  # latent channels; the latent is LATENT x size/8 x size/8
 
@@ -57,19 +57,20 @@ def train_vae(out: Path, size: int, steps: int, batch: int = 32, seed: int = 0) 
         if i >= steps:
             break
         for group in opt.param_groups:
-            group["lr"] = 1e-3 * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * i / steps)))
+            group["lr"] = lr_at(i, steps, 1e-3, warmup=0)
         x = x * 2 - 1
         post = vae.encode(x).latent_dist
         rec = vae.decode(post.sample()).sample
         nll = ((rec - x) ** 2).flatten(1).sum(1) / (2 * 0.1**2)
-        loss = (nll + post.kl()).mean() / x[0].numel()
+        kl = post.kl()
+        loss = (nll + kl).mean() / x[0].numel()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         opt.step()
         if i % 250 == 0:
             print(f"vae step {i}: {time.time() - t0:.0f} s, mse {float(((rec - x) ** 2).mean()):.4f}, "
-                  f"kl {float(post.kl().mean()):.0f}", flush=True)
+                  f"kl {float(kl.mean()):.0f}", flush=True)
     vae.save_pretrained(out)  # config.json + safetensors
     print(f"vae: {steps} steps in {(time.time() - t0) / 60:.1f} min -> {out}", flush=True)
 

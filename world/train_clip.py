@@ -127,7 +127,7 @@ def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, loss_fn: Clip
 
     `channels_last` lays out the images as CPU convolutions run fastest; the weights keep the usual layout,
     so gradients, optimiser state and checkpoints do too (a fused AdamW given a channels_last weight with
-    contiguous state, as after a resume, updates it wrongly: measured).
+    contiguous state, as after a resume, updated it differently from the usual layout: measured).
     """
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
