@@ -12,9 +12,9 @@ of the clean latent with the guide (cutouts, spherical distance) at every step; 
 image (its RMS set to 1, since its raw size varies by orders of magnitude along the trajectory).  Two ways to use
 it are measured:
 - "eps": classifier guidance (Dhariwal & Nichol): eps += sqrt(1 - abar) * scale * grad through the denoiser;
-- "x0": the predicted clean latent takes a step of `scale` against the gradient and eps is re-derived from it,
-  with `recurrence` re-noisings per step (self-recurrence, Bansal et al.'s universal guidance), which lets the
-  prior pull the sample back toward scenes after each guided step.
+- "x0": the predicted clean latent takes a step of `scale` against the gradient and eps is re-derived from it.
+Either can take `recurrence` passes per step (self-recurrence, Bansal et al.'s universal guidance: the guided step
+is re-noised back to its noise level and taken again), which lets the prior pull the sample back toward scenes.
 Per variant: how many images each judge ranks first as the prompt among the 66 one-object captions, the
 judge-free figure share and disc IoU of the prompt's colour, and seconds per batch.  An experiment toward the
 diffusion back-end; nothing here is shipped or used by the app.
@@ -132,7 +132,7 @@ def train_prior(vae, out: Path, size: int, steps: int, n_scenes: int, batch: int
     print(f"prior: {steps} steps in {(time.time() - t0) / 60:.1f} min -> {out}", flush=True)
 
 
-def sample(vae, net, clip, prompt: str | None, batch: int, seed: int, mode: str = "x0", scale: float = 0.1,
+def sample(vae, net, clip, prompt: str | None, batch: int, seed: int, mode: str = "eps", scale: float = 0.7,
            recurrence: int = 3, steps: int = 50, cutouts: int = 16) -> torch.Tensor:
     """DDIM samples of the prior, guided toward `prompt` by `clip` (None: unguided); (B, 3, 64, 64) in [0, 1]."""
     from diffusers import DDIMScheduler
@@ -213,10 +213,10 @@ def main() -> None:
         "pixels (generate defaults)": lambda: generate(clip=clip, progress=False, prompt=a.prompt, batch=a.batch,
                                                        seed=a.seed).images,
         "prior, unguided": lambda: sample(vae, net, clip, None, a.batch, a.seed),
-        "prior, eps guidance 0.3": lambda: sample(vae, net, clip, a.prompt, a.batch, a.seed, "eps", 0.3, 1),
         "prior, eps guidance 1": lambda: sample(vae, net, clip, a.prompt, a.batch, a.seed, "eps", 1.0, 1),
-        "prior, x0 guidance 0.1": lambda: sample(vae, net, clip, a.prompt, a.batch, a.seed, "x0", 0.1, 1),
-        "prior, x0 guidance 0.1, recurrence 3": lambda: sample(vae, net, clip, a.prompt, a.batch, a.seed, "x0", 0.1, 3),
+        "prior, eps guidance 0.5, recurrence 3": lambda: sample(vae, net, clip, a.prompt, a.batch, a.seed, "eps", 0.5),
+        "prior, eps guidance 0.7, recurrence 3": lambda: sample(vae, net, clip, a.prompt, a.batch, a.seed, "eps", 0.7),
+        "prior, x0 guidance 0.1, recurrence 3": lambda: sample(vae, net, clip, a.prompt, a.batch, a.seed, "x0", 0.1),
     }
     print(f"{a.prompt!r}, batch {a.batch}, seed {a.seed}; first = judge ranks the prompt first among {len(ONE_OBJECT)}")
     print("| image | " + " | ".join(f"{n} first" for n in judges) + " | figure share | disc IoU | s / batch |")
