@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from t2i_world_judge import ONE_OBJECT, figure_stats, save_strip  # noqa: E402
+from t2i_world_judge import ONE_OBJECT, judged_cells, load_judges, save_strip  # noqa: E402
 
 from generators.image.generate import generate  # noqa: E402
 from guidance.augment import Cutouts  # noqa: E402
@@ -118,9 +118,7 @@ def main() -> None:
     from diffusers import AutoencoderKL
 
     vae = AutoencoderKL.from_pretrained(a.vae).eval().requires_grad_(False)
-    judges = {"shipped judge": load_clip("world-judge", device="cpu")}
-    judges.update({Path(j).parent.name: load_clip("world-judge", pretrained=j, device="cpu") for j in a.judge})
-    k, colour = ONE_OBJECT.index(a.prompt), a.prompt.split()[1]
+    judges = load_judges(a.judge)
     print(f"{a.prompt!r}, batch {a.batch}, seed {a.seed}; first = judge ranks the prompt first among {len(ONE_OBJECT)}")
     print("| guide | image | " + " | ".join(f"{n} first" for n in judges) + " | figure share | disc IoU |")
     print("|---|---|" + "---|" * (len(judges) + 2))
@@ -136,12 +134,7 @@ def main() -> None:
         }
         for label, run in runs.items():
             images = run()
-            firsts = []
-            for judge in judges.values():
-                prob = judge.caption_probabilities(images, ONE_OBJECT)
-                firsts.append(f"{sum(int(row.argmax()) == k for row in prob)}/{len(prob)}")
-            share, iou = figure_stats(images, colour)
-            print(f"| {name} | {label} | " + " | ".join(firsts) + f" | {share:.2f} | {iou:.2f} |", flush=True)
+            print(f"| {name} | {label} | " + " | ".join(judged_cells(images, judges, a.prompt)) + " |", flush=True)
             if a.save is not None:
                 save_strip(images, a.save / f"{name}-{label.split()[0]}.png")
 

@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from t2i_decoder_prior import LATENT, train_vae  # noqa: E402
-from t2i_world_judge import ONE_OBJECT, figure_stats, save_strip  # noqa: E402
+from t2i_world_judge import ONE_OBJECT, judged_cells, load_judges, save_strip  # noqa: E402
 
 from generators.image.generate import generate  # noqa: E402
 from guidance.augment import Cutouts  # noqa: E402
@@ -206,9 +206,7 @@ def main() -> None:
     net.load_state_dict(load_file(str(a.prior / "prior.safetensors")))
     net.eval().requires_grad_(False)
     clip = load_clip("world-guide", pretrained=a.guide, device="cpu")
-    judges = {"shipped judge": load_clip("world-judge", device="cpu")}
-    judges.update({Path(j).parent.name: load_clip("world-judge", pretrained=j, device="cpu") for j in a.judge})
-    k, colour = ONE_OBJECT.index(a.prompt), a.prompt.split()[1]
+    judges = load_judges(a.judge)
     variants = {
         "pixels (generate defaults)": lambda: generate(clip=clip, progress=False, prompt=a.prompt, batch=a.batch,
                                                        seed=a.seed).images,
@@ -225,12 +223,7 @@ def main() -> None:
         t0 = time.time()
         images = run()
         seconds = time.time() - t0
-        firsts = []
-        for judge in judges.values():
-            prob = judge.caption_probabilities(images, ONE_OBJECT)
-            firsts.append(f"{sum(int(row.argmax()) == k for row in prob)}/{len(prob)}")
-        share, iou = figure_stats(images, colour)
-        print(f"| {label} | " + " | ".join(firsts) + f" | {share:.2f} | {iou:.2f} | {seconds:.1f} |", flush=True)
+        print(f"| {label} | " + " | ".join(judged_cells(images, judges, a.prompt)) + f" | {seconds:.1f} |", flush=True)
         if a.save is not None:
             save_strip(images, a.save / ("".join(c if c.isalnum() else "-" for c in label) + ".png"))
 

@@ -62,6 +62,25 @@ def figure_stats(images: torch.Tensor, colour: str) -> tuple[float, float]:
     return float(masks.mean()), statistics.fmean(ious)
 
 
+def load_judges(extra: list[str]) -> dict[str, object]:
+    """The shipped judge plus judges from weight files, named by their run folders."""
+    judges = {"shipped judge": load_clip("world-judge", device="cpu")}
+    judges.update({Path(j).parent.name: load_clip("world-judge", pretrained=j, device="cpu") for j in extra})
+    return judges
+
+
+def judged_cells(images: torch.Tensor, judges: dict[str, object], prompt: str) -> list[str]:
+    """Table cells for one batch: per judge how many images rank `prompt` first among the one-object
+    captions, then the judge-free figure share and disc IoU of the prompt's colour."""
+    k = ONE_OBJECT.index(prompt)
+    cells = []
+    for judge in judges.values():
+        prob = judge.caption_probabilities(images, ONE_OBJECT)
+        cells.append(f"{sum(int(row.argmax()) == k for row in prob)}/{len(prob)}")
+    share, iou = figure_stats(images, prompt.split()[1])
+    return [*cells, f"{share:.2f}", f"{iou:.2f}"]
+
+
 def save_strip(images: torch.Tensor, path: Path) -> None:
     """The batch side by side in one PNG, to look at what the numbers describe."""
     from PIL import Image
