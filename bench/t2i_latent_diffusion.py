@@ -9,7 +9,7 @@ epsilon loss, 8,000 steps of batch 256: about 17 minutes on 2 cores).  A sample 
 
 Sampling is DDIM (diffusers' DDIMScheduler).  Guidance, as in CLIP-guided diffusion, scores the decoded prediction
 of the clean latent with the guide (cutouts, spherical distance) at every step; the gradient is normalised per
-image (its RMS set to 1: with the raw gradient every scale tried, 50 to 20,000, turned the samples into saturated
+image (its RMS set to 1: with the raw gradient, scales of 50, 2,000 and 20,000 all turned the samples into saturated
 smears, measured with an earlier prior).  Two ways to use it are measured:
 - "eps": classifier guidance (Dhariwal & Nichol): eps += sqrt(1 - abar) * scale * grad through the denoiser;
 - "x0": the predicted clean latent takes a step of `scale` against the gradient and eps is re-derived from it.
