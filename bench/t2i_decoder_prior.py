@@ -75,24 +75,25 @@ def train_vae(out: Path, size: int, steps: int, batch: int = 32, seed: int = 0) 
     print(f"vae: {steps} steps in {(time.time() - t0) / 60:.1f} min -> {out}", flush=True)
 
 
+def decode_for_clip(vae, latent: torch.Tensor) -> torch.Tensor:
+    """The VAE's image of `latent` in [0, 1], upsampled to the world CLIPs' 64 px."""
+    image = vae.decode(latent).sample.add(1).div(2)
+    return F.interpolate(image, size=64, mode="bilinear", align_corners=False).clamp(0, 1)
+
+
 def through_decoder(vae, clip, prompt: str, batch: int, seed: int, steps: int, l2: float, size: int) -> torch.Tensor:
     """Optimise the latent of `vae` so its decoded image (upsampled to 64 px) reads as `prompt` to `clip`."""
     gen = torch.Generator().manual_seed(seed)
     z = torch.randn(batch, LATENT, size // 8, size // 8, generator=gen).requires_grad_(True)
     guide = Guide(clip, [PromptTerm(prompts=prompt, view=Cutouts(32, min_frac=1.0, noise=0.5))], generator=gen)
     opt = torch.optim.Adam([z], lr=0.05)
-
-    def decode(latent: torch.Tensor) -> torch.Tensor:
-        image = vae.decode(latent).sample.add(1).div(2)
-        return F.interpolate(image, size=64, mode="bilinear", align_corners=False).clamp(0, 1)
-
     for _ in range(steps):
-        loss = guide(decode(z)).loss + l2 * z.pow(2).mean()
+        loss = guide(decode_for_clip(vae, z)).loss + l2 * z.pow(2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
     with torch.no_grad():
-        return decode(z)
+        return decode_for_clip(vae, z)
 
 
 def main() -> None:

@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from t2i_decoder_prior import LATENT, train_vae  # noqa: E402
+from t2i_decoder_prior import LATENT, decode_for_clip, train_vae  # noqa: E402
 from t2i_world_judge import ONE_OBJECT, judged_cells, load_judges, save_strip  # noqa: E402
 
 from generators.image.generate import generate  # noqa: E402
@@ -143,10 +143,6 @@ def sample(vae, net, clip, prompt: str | None, batch: int, seed: int, mode: str 
     guide = None if prompt is None else Guide(
         clip, [PromptTerm(prompts=prompt, view=Cutouts(cutouts, min_frac=1.0, noise=0.5))], generator=gen)
 
-    def decode(z: torch.Tensor) -> torch.Tensor:
-        image = vae.decode(z).sample.add(1).div(2)
-        return F.interpolate(image, size=64, mode="bilinear", align_corners=False).clamp(0, 1)
-
     x = torch.randn(batch, LATENT, 4, 4, generator=gen)
     times = list(sched.timesteps)
     abar = sched.alphas_cumprod
@@ -161,7 +157,8 @@ def sample(vae, net, clip, prompt: str | None, batch: int, seed: int, mode: str 
                     x0 = (xi - (1 - a_t).sqrt() * eps) / a_t.sqrt()
                     if mode == "x0":
                         x0 = x0.detach().requires_grad_(True)
-                    (grad,) = torch.autograd.grad(guide(decode(x0)).loss * batch, x0 if mode == "x0" else xi)
+                    loss = guide(decode_for_clip(vae, x0)).loss * batch
+                    (grad,) = torch.autograd.grad(loss, x0 if mode == "x0" else xi)
                     grad = grad / grad.flatten(1).pow(2).mean(1).sqrt().clamp_min(1e-12).view(-1, 1, 1, 1)
                     if mode == "x0":
                         eps = (x - a_t.sqrt() * (x0.detach() - scale * grad)) / (1 - a_t).sqrt()
@@ -174,7 +171,7 @@ def sample(vae, net, clip, prompt: str | None, batch: int, seed: int, mode: str 
             else:
                 x = step
     with torch.no_grad():
-        return decode(x)
+        return decode_for_clip(vae, x)
 
 
 def main() -> None:
