@@ -22,13 +22,17 @@ def _add_clip_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    """Flags override the preset (``--preset``, e.g. a name or an earlier output PNG), which overrides defaults."""
+    """Text to image by ``args.method`` (generate or diffusion). Flags override the preset (``--preset``, e.g. a
+    name or an earlier output PNG), which overrides defaults."""
     from generators import api
 
-    known = set(api.get_method("generate").field_names())
+    known = set(api.get_method(args.method).field_names())
     overrides = {k: v for k, v in vars(args).items() if k in known and v is not None}
-    result = api.run("generate", args.preset, progress=True, **overrides)
-    out = result.save(args.out)
+    result = api.run(args.method, args.preset, progress=True, **overrides)
+    n = len(result.images)
+    paths = [args.out] if n == 1 else [args.out.with_name(f"{args.out.stem}-{i + 1}{args.out.suffix}")
+                                       for i in range(n)]
+    out = ", ".join(str(result.save(path, index=i)) for i, path in enumerate(paths))
     last = result.history[-1] if result.history else {}
     timings = result.record["timings"]
     print(f"wrote {out}  loss={last.get('loss', float('nan')):.4f}  "
@@ -88,7 +92,22 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--templates", choices=["plain", "imagenet"], default=None)
     g.add_argument("--out", type=Path, default=Path("outputs/generate.png"))
     _add_clip_args(g)
-    g.set_defaults(func=cmd_generate)
+    g.set_defaults(func=cmd_generate, method="generate")
+
+    d = sub.add_parser("diffusion", help="text to image, sampled from a latent diffusion model guided by a CLIP")
+    d.add_argument("--preset", default=None, help="start from a preset (name, .json, or a clipkit .png)")
+    d.add_argument("--prompt", default=None, help="e.g. 'a red circle:1 | blurry:-0.5'")
+    d.add_argument("--steps", type=int, default=None, help="DDIM steps")
+    d.add_argument("--guidance-scale", dest="guidance_scale", type=float, default=None)
+    d.add_argument("--recurrence", type=int, default=None, help="guided passes per step")
+    d.add_argument("--batch", type=int, default=None, help="images sampled together (out-1.png, out-2.png ...)")
+    d.add_argument("--size", type=int, default=None)
+    d.add_argument("--seed", type=int, default=None)
+    d.add_argument("--diffusion-model", dest="diffusion_model", default=None,
+                   help="packaged latent diffusion model or a model folder (default world-ldm)")
+    d.add_argument("--out", type=Path, default=Path("outputs/diffusion.png"))
+    _add_clip_args(d)
+    d.set_defaults(func=cmd_generate, method="diffusion")
 
     s = sub.add_parser("serve", help="serve the web app (the default with no subcommand)")
     _add_serve_args(s)

@@ -1,5 +1,5 @@
-"""Retake the README screenshot: serve the app with the real (world) models, run the Generate tab's defaults in
-headless chromium and capture the page.
+"""Retake the README screenshot: serve the app with the real (world) models, run the Generate tab's default
+(Diffusion) in headless chromium and capture the page.
 
     .venv/bin/python docs/screenshot.py [--out docs/app.png]
 
@@ -59,9 +59,9 @@ def main() -> None:
                 page = browser.new_page(viewport={"width": 1300, "height": 1000})
                 page.set_default_timeout(180_000)
                 page.goto(url)
-                page.locator("#generate-run").click()
-                expect(page.locator("#generate-status")).to_contain_text("Done.", timeout=180_000)
-                expect(page.locator("#generate-gallery img").first).to_be_visible()
+                page.locator("#diffusion-run").click()
+                expect(page.locator("#diffusion-status")).to_contain_text("Done.", timeout=300_000)
+                expect(page.locator("#diffusion-gallery img").first).to_be_visible()
                 page.evaluate("window.scrollTo(0, 0)")  # selecting the result scrolled the page down
                 time.sleep(1.0)  # let the gallery and preview finish fading in
                 a.out.parent.mkdir(parents=True, exist_ok=True)

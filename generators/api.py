@@ -1,8 +1,9 @@
 """The Python API: every method behind one call, taking PIL images or tensors and returning PIL images + a record.
 
-    from generators.api import run, generate, enhance, load_preset
+    from generators.api import run, generate, diffusion, enhance, load_preset
 
     result = run("generate", prompt="a red circle", steps=100, seed=1)     # or run(preset="ink-sketch")
+    diffusion(prompt="a red circle", batch=4).images  # sampled from the world latent diffusion model
     result.image.save("out.png")              # PIL; result.save("out.png") embeds the settings instead
     result.record                             # settings, final losses, timings: JSON-ready
     enhance(Image.open("backlit.jpg"), strength=0.8).image
@@ -48,9 +49,9 @@ from guidance.runs import CancelToken, RunResult, StepCallback, StepInfo
 
 TEST_MODELS_ENV = "CLIPKIT_TEST_MODELS"
 
-__all__ = ["Result", "run", "generate", "enhance", "build_settings", "methods", "get_method", "load_preset",
-           "list_presets", "save_preset", "make_preset", "Preset", "PresetError", "CancelToken", "StepInfo",
-           "test_models_enabled", "tiny_model", "preset_values", "result_of"]
+__all__ = ["Result", "run", "generate", "diffusion", "enhance", "build_settings", "methods", "get_method",
+           "load_preset", "list_presets", "save_preset", "make_preset", "Preset", "PresetError", "CancelToken",
+           "StepInfo", "test_models_enabled", "tiny_model", "preset_values", "result_of"]
 
 
 def test_models_enabled() -> bool:
@@ -255,6 +256,12 @@ def _is_json(v: Any) -> bool:
 def generate(settings: Any = None, **kwargs: Any) -> Result:
     """Text to image (see ``generators.image.generate``); e.g. ``generate(prompt="a red circle", seed=3)``."""
     return run("generate", settings, **kwargs)
+
+
+def diffusion(settings: Any = None, **kwargs: Any) -> Result:
+    """Text to image sampled from a latent diffusion model under CLIP guidance (see
+    ``generators.diffusion.clip_guided_diffusion``); e.g. ``diffusion(prompt="a red circle", batch=4, seed=1)``."""
+    return run("diffusion", settings, **kwargs)
 
 
 def enhance(image: Any, settings: Any = None, **kwargs: Any) -> Result:

@@ -230,8 +230,9 @@ def run_spec(
               file=out)
         return 0
 
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    log = _Log(output / f"batch-{stamp}-{time.time_ns() % 10**9:09d}-{os.getpid()}.jsonl")
+    now = time.time_ns()  # one reading for both parts: names sort in start order even across a second's edge
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(now // 10**9))
+    log = _Log(output / f"batch-{stamp}-{now % 10**9:09d}-{os.getpid()}.jsonl")
     log.write(event="start", preset=preset, method=spec.method, settings=spec.want, inputs=len(jobs),
               output=str(output), argv=sys.argv[1:])
     counts = {"done": 0, "skipped": 0, "failed": 0}

@@ -105,6 +105,60 @@ def check_clip(s: Any) -> str | None:
     return None
 
 
+# -------------------------------------------------------------------------------------------------- diffusion
+_GENERATE_FAMILY = "Generate"
+
+
+def _diffusion_entry() -> Method:
+    from generators.diffusion.clip_guided_diffusion import GUIDANCE_FORMS, DiffusionSettings, clip_guided_diffusion
+    from generators.diffusion.latent_model import packaged_latent_models, resolve_latent_model
+    from guidance.prompts import TEMPLATE_SETS
+
+    def run(settings: DiffusionSettings, *, clip=None, callback=None, cancel=None, progress=False) -> RunResult:
+        return clip_guided_diffusion(settings, clip=clip, callback=callback, cancel=cancel, progress=progress)
+
+    def check(s: DiffusionSettings) -> str | None:
+        try:
+            resolve_latent_model(s.diffusion_model)
+        except ClipKitError as e:
+            return str(e)
+        return None
+
+    return Method(
+        name="diffusion",
+        title="Diffusion",
+        family=_GENERATE_FAMILY,
+        description="Text to image with a diffusion model's prior: DDIM sampling of a latent diffusion model, "
+                    "steered at every step by the CLIP's gradient on the predicted clean image.",
+        settings_cls=DiffusionSettings,
+        runner=run,
+        controls={
+            "prompt": Control("Prompt", "weighted prompts: 'a red circle:1 | blurry:-0.5'", kind="textarea"),
+            "guidance_scale": Control("Guidance scale", "how hard CLIP steers (0 = the model's own samples)",
+                                      kind="slider", minimum=0, maximum=3, step=0.05),
+            "recurrence": Control("Passes per step (self-recurrence)", "more passes: stronger guidance that "
+                                  "stays on the model's images, at that many times the time", kind="slider",
+                                  minimum=1, maximum=10, step=1),
+            "steps": Control("Sampling steps (DDIM)", kind="slider", minimum=1, maximum=250, step=1),
+            "seed": Control("Seed", kind="number"),
+            "guidance": Control("Guidance form", "eps: classifier guidance on the noise; x0: a step on the "
+                                "predicted clean latent", kind="dropdown", choices=GUIDANCE_FORMS, advanced=True),
+            "cutouts": Control("Views per step", kind="slider", minimum=1, maximum=64, step=1, advanced=True),
+            "noise": Control("View noise", kind="slider", minimum=0, maximum=1, step=0.05, advanced=True),
+            "eta": Control("DDIM eta", "0 = deterministic sampling, 1 = DDPM-like noise", kind="slider", minimum=0,
+                           maximum=1, step=0.05, advanced=True),
+            "size": Control("Output size (px)", kind="slider", minimum=16, maximum=512, step=8, advanced=True),
+            "templates": Control("Prompt templates", kind="dropdown", choices=tuple(sorted(TEMPLATE_SETS)),
+                                 advanced=True),
+            "diffusion_model": Control("Diffusion model", "packaged: " + (", ".join(packaged_latent_models())
+                                       or "none") + "; or a model folder", advanced=True),
+        },
+        record_only=("clip", "diffusion_model_name"),
+        text_field="prompt",
+        check=check,
+    )
+
+
 # --------------------------------------------------------------------------------------------------- generate
 # the pyramid setting generate and edit share (generators/image/pyramid.py)
 _DETAIL_DECAY = Control("Detail decay", "how fast fine detail may change relative to coarse shapes "
@@ -121,7 +175,8 @@ def _generate_entry() -> Method:
 
     return Method(
         name="generate",
-        title="Generate",
+        title="Pixels",
+        family=_GENERATE_FAMILY,
         description="Text to image: an image pyramid optimised so its cutouts match the prompt in CLIP space.",
         settings_cls=GenerateSettings,
         runner=run,
@@ -367,8 +422,8 @@ def _poda_entry() -> Method:
 
 
 # --------------------------------------------------------------------------------------------------- registry
-_BUILTIN: tuple[Callable[[], Method], ...] = (_generate_entry, _edit_entry, _clipstyler_entry, _stylize_entry,
-                                              _poda_entry, _enhance_entry)
+_BUILTIN: tuple[Callable[[], Method], ...] = (_diffusion_entry, _generate_entry, _edit_entry, _clipstyler_entry,
+                                              _stylize_entry, _poda_entry, _enhance_entry)
 _METHODS: dict[str, Method] = {}
 _SKIPPED: dict[str, str] = {}
 _LOCK = threading.Lock()

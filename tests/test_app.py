@@ -63,7 +63,7 @@ def test_progress_callback_and_cancel_keep_the_partial_result(fast_generate):
 def test_api_errors_name_the_problem(fast_generate):
     with pytest.raises(PresetError, match="unknown setting 'stepz' for method 'generate'; valid settings"):
         api.generate(clip="tiny", stepz=3)
-    with pytest.raises(ParameterError, match="unknown method 'dream'; available methods: generate"):
+    with pytest.raises(ParameterError, match="unknown method 'dream'; available methods: diffusion, generate"):
         api.run("dream")
     with pytest.raises(ParameterError, match="method 'edit' needs image=<PIL image or tensor>"):
         api.run("edit", prompt="x", clip="tiny")
@@ -100,7 +100,7 @@ def test_an_edit_output_carries_its_mask_and_reproduces_exactly(tmp_path):
 
 def test_registry_has_only_working_methods_and_reports_missing_weights(tmp_path):
     names = list(methods())
-    assert names[:2] == ["generate", "edit"] and "enhance" in names
+    assert names[:3] == ["diffusion", "generate", "edit"] and "enhance" in names
     for m in methods().values():
         assert m.field_names() and m.runner is not None
     msg = get_method("generate").missing(
@@ -201,7 +201,8 @@ def test_app_builds_one_tab_per_family_with_a_shared_run_slot(tmp_path, monkeypa
     labels = [b.label for b in demo.blocks.values() if type(b).__name__ == "Tab"]
     titles = {(m.family or m.title) for m in methods().values()}
     assert titles <= set(labels)
-    assert "StyleGAN" not in " ".join(labels) and "Diffusion" not in " ".join(labels)  # no placeholder tabs
+    assert "StyleGAN" not in " ".join(labels)  # no placeholder tab for a back-end that does not exist yet
+    assert labels[:3] == ["Generate", "Diffusion", "Pixels"]  # the default run is the diffusion model's
     runs = [d for d in demo.fns.values() if getattr(d, "concurrency_id", None) == "clipkit-runs"]
     assert len(runs) == len(methods()) and all(d.concurrency_limit == 1 for d in runs)
     ids = {getattr(b, "elem_id", None) for b in demo.blocks.values()}

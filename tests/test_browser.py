@@ -105,6 +105,17 @@ def test_app_in_headless_chromium(server):
             page.goto(url)
             expect(page.locator("#test-mode-banner")).to_be_visible()
 
+            # the landing tab is Generate > Diffusion: a short sampling run draws a picture
+            diffusion_steps = page.locator("#diffusion-steps input[type=number]")
+            expect(diffusion_steps).to_have_value("50")
+            diffusion_steps.fill("2")
+            diffusion_steps.press("Enter")
+            page.locator("#diffusion-run").click()
+            expect(page.locator("#diffusion-gallery img").first).to_be_visible(timeout=STEP_TIMEOUT_MS)
+            expect(page.locator("#diffusion-status")).to_contain_text("Done.")
+            expect(page.locator("#diffusion-record")).to_contain_text('"diffusion_model": "world-ldm"')
+            page.get_by_role("tab", name="Pixels").click()
+
             # load a preset: the controls take its values
             page.locator("#generate-preset input").click()
             page.get_by_role("option", name="generate-preview").click()
@@ -141,7 +152,7 @@ def test_app_in_headless_chromium(server):
             expect(page.locator("#generate-record")).to_contain_text('"cancelled": true')
 
             # save the controls as a preset
-            page.get_by_text("Save as preset").click()
+            page.locator("#tab-generate").get_by_text("Save as preset").click()
             page.locator("#generate-save-name textarea, #generate-save-name input").first.fill("browser-look")
             page.locator("#generate-save").click()
             expect(page.locator("#generate-preset-info")).to_contain_text("Saved preset")

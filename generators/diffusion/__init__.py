@@ -1,0 +1,1 @@
+"""Diffusion back-end: a latent diffusion model (VAE + denoiser + noise schedule) sampled with CLIP guidance."""

@@ -1,0 +1,210 @@
+"""The diffusion back-end's plumbing: model folders, the guided sampler's contract, the trainer's exact resume.
+
+Tiny random models, built here with fixed seeds; what the shipped world model draws is tested in
+test_semantics.py, judged by a CLIP that did not guide.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from generators import api
+from generators.diffusion.clip_guided_diffusion import DiffusionSettings, clip_guided_diffusion
+from generators.diffusion.denoiser import LatentDenoiser
+from generators.diffusion.latent_model import (
+    LatentModel,
+    load_latent_model,
+    packaged_latent_models,
+    resolve_latent_model,
+    save_latent_model,
+)
+from guidance.errors import CheckpointError, ModelNameError, ParameterError, PromptError, WeightsNotFoundError
+from guidance.runs import CancelToken
+
+
+def tiny_parts(seed: int = 0):
+    """A 16 px VAE with a 4 x 8 x 8 latent, a small denoiser and the world model's schedule."""
+    from diffusers import AutoencoderKL, DDPMScheduler
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                        block_out_channels=(8, 8), layers_per_block=1, latent_channels=4, norm_num_groups=4,
+                        sample_size=16)
+    net = LatentDenoiser(latent_channels=4, latent_size=8, width=32, depth=1)
+    with torch.no_grad():  # the zero-initialised blocks would make every denoiser the same
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn(p.shape))
+    return vae, net, DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ldm") / "tiny-ldm"
+    save_latent_model(folder, *tiny_parts())
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_ldm(tiny_folder) -> LatentModel:
+    return load_latent_model(tiny_folder, device="cpu")
+
+
+FAST = {"steps": 4, "recurrence": 2, "cutouts": 2, "size": 32}
+
+
+def test_world_model_ships_and_loads_by_name():
+    assert "world-ldm" in packaged_latent_models()
+    m = load_latent_model("world-ldm", device="cpu")
+    assert m.latent_shape == (8, 4, 4) and m.image_size == 32
+    with torch.no_grad():
+        image = m.decode(torch.zeros(1, 8, 4, 4), size=64)
+    assert image.shape == (1, 3, 64, 64) and 0 <= float(image.min()) <= float(image.max()) <= 1
+
+
+def test_saved_folder_reloads_the_same_model(tiny_folder):
+    vae, net, _ = tiny_parts()
+    m = load_latent_model(tiny_folder, device="cpu")
+    x, t = torch.randn(2, 4, 8, 8), torch.tensor(500)
+    with torch.no_grad():  # weights are stored in fp16: equal up to that rounding
+        assert torch.allclose(m.denoiser(x, t), net(x, t), atol=2e-2)
+        assert torch.allclose(m.vae.decode(x).sample, vae.decode(x).sample, atol=2e-2)
+    assert m.scheduler_config["beta_schedule"] == "squaredcos_cap_v2"
+    files = {p.name for p in tiny_folder.rglob("*") if p.is_file()}
+    assert "diffusion_pytorch_model.safetensors" in files and not any(f.endswith((".bin", ".pt")) for f in files)
+
+
+def test_missing_or_damaged_models_are_named(tmp_path, tiny_folder):
+    with pytest.raises(ModelNameError, match="world-ldm"):
+        resolve_latent_model("no-such-model")
+    with pytest.raises(WeightsNotFoundError, match="not found"):
+        resolve_latent_model(str(tmp_path / "gone" / "model"))
+    with pytest.raises(WeightsNotFoundError, match="local Hugging Face cache"):
+        resolve_latent_model("someone/not-cached-ldm")
+    (tmp_path / "half").mkdir()
+    with pytest.raises(WeightsNotFoundError, match="needs the subfolders"):
+        resolve_latent_model(tmp_path / "half")
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_folder, broken)
+    (broken / "denoiser" / "diffusion_pytorch_model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError, match="broken"):
+        load_latent_model(broken, device="cpu")
+
+
+def test_same_seed_same_images_and_the_record_reproduces_them(tiny_ldm):
+    clip = api.tiny_model()
+    a = clip_guided_diffusion(clip=clip, latent_model=tiny_ldm, seed=3, batch=2, progress=False, **FAST)
+    b = clip_guided_diffusion(clip=clip, latent_model=tiny_ldm, seed=3, batch=2, progress=False, **FAST)
+    c = clip_guided_diffusion(clip=clip, latent_model=tiny_ldm, seed=4, batch=2, progress=False, **FAST)
+    assert a.images.shape == (2, 3, 32, 32) and torch.equal(a.images, b.images)
+    assert not torch.allclose(a.images, c.images)
+    assert not torch.allclose(a.images[0], a.images[1])  # the batch's samples are not copies
+    record = dict(a.settings)
+    assert record["method"] == "diffusion" and record["clip"] == clip.name
+    settings = {k: v for k, v in record.items() if k in DiffusionSettings.__dataclass_fields__}
+    again = clip_guided_diffusion(DiffusionSettings(**settings), clip=clip, latent_model=tiny_ldm, progress=False)
+    assert torch.equal(again.images, a.images)
+
+
+def test_guidance_changes_the_sample_and_scale_zero_needs_no_clip(tiny_ldm):
+    plain = clip_guided_diffusion(latent_model=tiny_ldm, guidance_scale=0.0, prompt="", seed=1, progress=False,
+                                  **FAST)
+    assert plain.settings["clip"] is None and len(plain.history) == FAST["steps"]
+    guided = clip_guided_diffusion(clip=api.tiny_model(), latent_model=tiny_ldm, guidance_scale=2.0, seed=1,
+                                   progress=False, **FAST)
+    assert (guided.images - plain.images).abs().max() > 1e-3
+    for form in ("eps", "x0"):
+        r = clip_guided_diffusion(clip=api.tiny_model(), latent_model=tiny_ldm, guidance=form, seed=1,
+                                  progress=False, **FAST)
+        assert torch.isfinite(r.images).all() and "prompt" in r.history[-1]
+
+
+def test_progress_reports_every_step_and_cancel_keeps_a_clean_partial(tiny_ldm):
+    seen, token = [], CancelToken()
+
+    def on_step(info):
+        seen.append((info.step, info.total, info.preview is not None))
+        if info.step == 2:
+            token.cancel()
+
+    r = clip_guided_diffusion(clip=api.tiny_model(), latent_model=tiny_ldm, callback=on_step, cancel=token,
+                              progress=False, **{**FAST, "steps": 6})
+    assert r.cancelled and len(r.history) == 2 and [s[:2] for s in seen] == [(1, 6), (2, 6)]
+    assert seen[0][2]  # the first step sends a preview
+    assert r.images.shape == (1, 3, 32, 32) and torch.isfinite(r.images).all()
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"recurrence": 0}, "recurrence=0"), ({"guidance": "both"}, "guidance='both'"), ({"steps": 0}, "steps=0"),
+    ({"guidance_scale": -1.0}, "guidance_scale=-1.0"), ({"eta": 2.0}, "eta=2.0"), ({"size": 4}, "size=4"),
+    ({"diffusion_model": " "}, "diffusion_model"),
+])
+def test_absurd_settings_are_named(bad, message):
+    with pytest.raises(ParameterError, match=message):
+        DiffusionSettings(**bad).validate()
+
+
+def test_empty_prompt_is_refused_only_when_guided():
+    with pytest.raises(PromptError):
+        DiffusionSettings(prompt="  ").validate()
+    DiffusionSettings(prompt="", guidance_scale=0.0).validate()
+
+
+def test_method_is_registered_for_every_surface():
+    m = api.get_method("diffusion")
+    assert m.family == api.get_method("generate").family == "Generate"
+    assert list(api.methods())[0] == "diffusion"  # the app's first tab, so the default run draws with the prior
+    assert m.missing(test_models=True) is None
+    assert "no-such-model" in m.missing(DiffusionSettings(diffusion_model="no-such-model"), test_models=True)
+    presets = [p for p in api.list_presets() if p.method == "diffusion"]
+    assert {"diffusion-quick", "diffusion-unguided"} <= {p.name for p in presets}
+
+
+def test_cli_writes_each_image_of_a_batch_with_its_settings(tmp_path, tiny_folder, capsys):
+    from app import main
+    from guidance.images import read_settings
+
+    out = tmp_path / "d.png"
+    rc = main(["diffusion", "--prompt", "a red circle", "--steps", "2", "--recurrence", "1", "--batch", "2",
+               "--size", "32", "--seed", "5", "--diffusion-model", str(tiny_folder), "--model", "tiny-clip",
+               "--clip-weights", "random", "--out", str(out)])
+    assert rc == 0
+    for i in (1, 2):
+        s = read_settings(tmp_path / f"d-{i}.png")["settings"]
+        assert (s["method"], s["seed"], s["batch"], s["diffusion_model"]) == ("diffusion", 5, 2, str(tiny_folder))
+    rc = main(["diffusion", "--recurrence", "0", "--diffusion-model", str(tiny_folder), "--out", str(out)])
+    assert rc == 2 and "recurrence=0" in capsys.readouterr().err
+
+
+def test_trainer_resumes_exactly(tmp_path, monkeypatch):
+    """An interrupted run, resumed, ends with the same weights as one that ran straight through."""
+    import world.train_ldm as train
+
+    args = ["--vae-steps", "3", "--vae-batch", "4", "--prior-steps", "4", "--prior-batch", "8", "--scenes", "40",
+            "--every", "2", "--threads", "1"]
+    train.main(["--out", str(tmp_path / "a"), "--model-out", str(tmp_path / "a-model"), *args])
+    real, calls = train._checkpoint, []
+
+    def interrupt(path, *a, **k):
+        real(path, *a, **k)
+        calls.append(path.name)
+        if path.name == "prior-last.safetensors":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "_checkpoint", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train.main(["--out", str(tmp_path / "b"), "--model-out", str(tmp_path / "b-model"), *args])
+    assert not (tmp_path / "b-model").exists()
+    monkeypatch.setattr(train, "_checkpoint", real)
+    train.main(["--out", str(tmp_path / "b"), "--model-out", str(tmp_path / "b-model"), "--resume", *args])
+    for part in ("vae", "denoiser"):
+        a = load_file(str(tmp_path / "a-model" / part / "diffusion_pytorch_model.safetensors"))
+        b = load_file(str(tmp_path / "b-model" / part / "diffusion_pytorch_model.safetensors"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), part
+    done = json.loads((tmp_path / "b" / "done.json").read_text())
+    assert done["processes"] == 1 and load_latent_model(tmp_path / "b-model", device="cpu").latent_shape == (8, 4, 4)
