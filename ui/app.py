@@ -290,7 +290,7 @@ class ClipKitApp:
                         with gr.Tab(members[0].title, id=members[0].name, elem_id=f"tab-{members[0].name}"):
                             self._build_tab(members[0])
                         continue
-                    with gr.Tab(family, id=family, elem_id=f"tab-{family.lower().replace(' ', '-')}"), gr.Tabs():
+                    with gr.Tab(family, id=family, elem_id=f"family-{family.lower().replace(' ', '-')}"), gr.Tabs():
                         for m in members:
                             with gr.Tab(m.title, id=m.name, elem_id=f"tab-{m.name}"):
                                 self._build_tab(m)
