@@ -31,11 +31,12 @@ from generators.diffusion.latent_model import DEFAULT_LATENT_MODEL, load_latent_
 from generators.image.generate import generate  # noqa: E402
 from guidance.clip import load_clip  # noqa: E402
 
-VARIANTS = {  # label -> diffusion settings (the method's defaults: eps 0.7, 3 passes)
+VARIANTS = {  # label -> diffusion settings (the method's defaults: eps 0.5, 3 passes)
     "prior, unguided": {"guidance_scale": 0.0, "recurrence": 1},
     "prior, eps guidance 1": {"guidance_scale": 1.0, "recurrence": 1},
-    "prior, eps guidance 0.5, recurrence 3": {"guidance_scale": 0.5},
-    "prior, eps guidance 0.7, recurrence 3 (defaults)": {},
+    "prior, eps guidance 0.5, recurrence 3 (defaults)": {},
+    "prior, eps guidance 0.7, recurrence 3": {"guidance_scale": 0.7},
+    "prior, 25 steps, recurrence 2 (diffusion-quick)": {"steps": 25, "recurrence": 2},
     "prior, eps guidance 0.5, recurrence 5": {"guidance_scale": 0.5, "recurrence": 5},
     "prior, x0 guidance 0.1, recurrence 3": {"guidance": "x0", "guidance_scale": 0.1},
 }

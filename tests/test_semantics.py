@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from generators.diffusion.clip_guided_diffusion import clip_guided_diffusion
 from generators.image.edit import edit
 from generators.image.generate import generate
 from generators.image.pyramid import PyramidImage
@@ -153,6 +154,43 @@ def test_text_to_image_turns_noise_into_what_the_judge_calls_a_red_circle(guide,
     assert sorted(ranks)[len(ranks) // 2] <= 2 and min(ranks) == 1, ranks
     assert after[:, k].mean() > 0.3, after[:, k]
     assert [dominant_colour(img) for img in r.images] == ["red"] * 4
+
+
+def red_hued(images: torch.Tensor) -> torch.Tensor:
+    """(B, H, W) mask of saturated pixels of red hue, dark or light (a dark red disc is still red; its nearest
+    named colour can be brown)."""
+    import kornia
+
+    h, sat, val = kornia.color.rgb_to_hsv(images).unbind(1)
+    degrees = torch.rad2deg(h)
+    return ((degrees < 15) | (degrees > 345)) & (sat > 0.5) & (val > 0.2)
+
+
+def saturated(images: torch.Tensor, frac: float = 0.15) -> torch.Tensor:
+    """(B, H, W) mask of each image's most saturated pixels: its figure, on the world's greyish grounds."""
+    spread = images.amax(1) - images.amin(1)
+    return spread >= spread.flatten(1).quantile(1 - frac, dim=1).view(-1, 1, 1)
+
+
+def test_diffusion_draws_a_red_object_on_a_background_the_judge_calls_a_red_circle(guide, judge):
+    """The default run: eight samples of the world latent diffusion model guided toward "a red circle" (the
+    method's defaults, seed 0). Unlike the pixel method's red field, each hit is one red object on a world
+    background, so red fills a small share of the frame; the same seed unguided is some other scene. Measured at
+    this seed on 2 threads: 8 of 8 first (28 of 32 over seeds 0 to 3; the misses are pink or purple blobs on
+    busy grounds)."""
+    r = clip_guided_diffusion(clip=guide, prompt="a red circle", batch=8, seed=0, progress=False)
+    plain = clip_guided_diffusion(guidance_scale=0.0, recurrence=1, batch=8, seed=0, progress=False)
+    k = ONE_OBJECT.index("a red circle")
+    before, after = judge.caption_probabilities(plain.images, ONE_OBJECT), judge.caption_probabilities(r.images,
+                                                                                                      ONE_OBJECT)
+    assert before[:, k].max() < 0.05, before[:, k]
+    hits = [i for i, p in enumerate(after) if int(p.argmax()) == k]
+    assert len(hits) >= 6, after.argmax(1)
+    red, figure = red_hued(r.images[hits]), saturated(r.images[hits])
+    red_figure = (red & figure).flatten(1).sum(1) / figure.flatten(1).sum(1)
+    assert (red_figure > 0.5).all(), red_figure  # the figure is red
+    share = red.float().mean((1, 2))
+    assert ((share > 0.02) & (share < 0.3)).all(), share  # one object on a ground, not a red field
 
 
 def test_directional_edit_changes_colour_and_keeps_shape_and_place(guide, judge):
