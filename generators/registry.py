@@ -140,6 +140,8 @@ def _diffusion_entry() -> Method:
                                   "stays on the model's images, at that many times the time", kind="slider",
                                   minimum=1, maximum=10, step=1),
             "steps": Control("Sampling steps (DDIM)", kind="slider", minimum=1, maximum=250, step=1),
+            "batch": Control("Images", "samples drawn together, each from its own noise", kind="slider", minimum=1,
+                             maximum=16, step=1),
             "seed": Control("Seed", kind="number"),
             "guidance": Control("Guidance form", "eps: classifier guidance on the noise; x0: a step on the "
                                 "predicted clean latent", kind="dropdown", choices=GUIDANCE_FORMS, advanced=True),

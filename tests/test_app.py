@@ -171,9 +171,28 @@ def test_run_stream_previews_then_saves_a_reproducible_png(tmp_path, fast_genera
     kinds = [k for k, _ in events]
     assert "preview" in kinds and "status" in kinds and kinds[-1] == "result"
     assert any("Step 2/2" in v for k, v in events if k == "status")
-    entry = app.save_result(m, events[-1][1])
+    (entry,) = app.save_results(m, events[-1][1])
     same = api.run(preset=entry.path, clip="tiny")  # the app's output reproduces through the API
     assert same.tensors.equal(events[-1][1].tensors) and "seed 9" in entry.caption
+
+
+def test_a_batch_is_saved_image_by_image_and_previewed_as_one_sheet(tmp_path):
+    from guidance.images import load_image
+    from ui.app import batch_sheet
+
+    app = ClipKitApp(test_models=True, output_dir=tmp_path)
+    m = get_method("diffusion")
+    s = values_to_settings(m, {**api.load_preset("diffusion-quick").settings, "steps": 2, "recurrence": 1,
+                               "batch": 3, "seed": 4, "size": 32})
+    result = list(app.run_stream(m, s, {}))[-1][1]
+    entries = app.save_results(m, result)
+    assert [e.caption.split(" · ")[-1] for e in entries] == ["image 1 of 3", "image 2 of 3", "image 3 of 3"]
+    for i, e in enumerate(entries):  # each file is its own image of the batch, and carries the batch's settings
+        assert load_image(e.path).tobytes() == result.images[i].tobytes()
+    again = api.run(preset=entries[2].path, clip="tiny")
+    assert again.tensors.equal(result.tensors)
+    sheet = batch_sheet(result.tensors)
+    assert sheet.size == (2 * 32 + 3 * 2, 2 * 32 + 3 * 2)  # 2 x 2 grid with 2 px gaps
 
 
 def test_cancel_before_start_and_errors_surface(tmp_path, fast_generate):

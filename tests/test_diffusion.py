@@ -133,7 +133,7 @@ def test_progress_reports_every_step_and_cancel_keeps_a_clean_partial(tiny_ldm):
             token.cancel()
 
     r = clip_guided_diffusion(clip=api.tiny_model(), latent_model=tiny_ldm, callback=on_step, cancel=token,
-                              progress=False, **{**FAST, "steps": 6})
+                              progress=False, batch=1, **{**FAST, "steps": 6})
     assert r.cancelled and len(r.history) == 2 and [s[:2] for s in seen] == [(1, 6), (2, 6)]
     assert seen[0][2]  # the first step sends a preview
     assert r.images.shape == (1, 3, 32, 32) and torch.isfinite(r.images).all()

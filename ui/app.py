@@ -13,6 +13,7 @@ Models load lazily on the first run and are shared by every session.
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
 import time
@@ -24,6 +25,7 @@ from typing import Any
 
 import gradio as gr
 import numpy as np
+import torch
 from PIL import Image
 
 from generators import api
@@ -150,6 +152,16 @@ def format_values(values: dict[str, float]) -> str:
     return " · ".join(f"{k} {v:.4f}" for k, v in values.items())
 
 
+def batch_sheet(images: torch.Tensor) -> Image.Image:
+    """A batch as one picture (a near-square grid, white gaps) for the preview: every sample at a glance."""
+    from torchvision.utils import make_grid
+
+    if images.ndim == 3 or images.shape[0] == 1:
+        return tensor_to_pil(images)
+    return tensor_to_pil(make_grid(images.float().cpu(), nrow=math.ceil(math.sqrt(images.shape[0])), padding=2,
+                                   pad_value=1.0))
+
+
 def caption_for(record: dict[str, Any]) -> str:
     s = record["settings"]
     bits = [s["method"]]
@@ -241,7 +253,7 @@ class ClipKitApp:
                     if progress is not None:
                         progress((info.step, info.total), desc=f"{m.title}: step {info.step}/{info.total}")
                     if info.preview is not None:
-                        yield "preview", tensor_to_pil(info.preview)
+                        yield "preview", batch_sheet(info.preview)
                     now = time.perf_counter()
                     if now - last_status >= UPDATE_EVERY_S or info.step == info.total:
                         last_status = now
@@ -259,18 +271,23 @@ class ClipKitApp:
                 if self._tokens.get(key) is token:
                     del self._tokens[key]
 
-    def save_result(self, m: Method, result: api.Result) -> Entry:
-        """Write the result PNG (settings embedded) where the app serves downloads from."""
+    def save_results(self, m: Method, result: api.Result) -> list[Entry]:
+        """Write each image of the result as a PNG (settings embedded; any one reproduces the whole batch) where
+        the app serves downloads from."""
         stamp = time.strftime("%Y%m%d-%H%M%S")
         seed = result.settings.get("seed")
         base = f"{m.name}-{stamp}" + (f"-s{seed}" if seed is not None else "")
-        path = self.output_dir / f"{base}.png"
-        n = 1
-        while path.exists():
-            n += 1
-            path = self.output_dir / f"{base}-{n}.png"
-        result.save(path)
-        return Entry(str(path), caption_for(result.record), result.record)
+        count, entries = len(result.images), []
+        for i in range(count):
+            name = base if count == 1 else f"{base}-{i + 1}of{count}"
+            path, n = self.output_dir / f"{name}.png", 1
+            while path.exists():
+                n += 1
+                path = self.output_dir / f"{name}-{n}.png"
+            result.save(path, index=i)
+            caption = caption_for(result.record) + (f" · image {i + 1} of {count}" if count > 1 else "")
+            entries.append(Entry(str(path), caption, result.record))
+        return entries
 
     # ---- building
     def build(self) -> gr.Blocks:
@@ -454,12 +471,12 @@ class ClipKitApp:
                     elif kind == "status":
                         yield {status: payload}
                     else:
-                        entry = self.save_result(m, payload)
-                        entries = [entry, *data[history]]
+                        new = self.save_results(m, payload)
+                        entry, entries = new[0], [*new, *data[history]]
                         done = "Cancelled — partial result kept." if payload.record["cancelled"] else "Done."
                         t = sum(payload.record["timings"].values())
                         yield {
-                            preview: payload.image,
+                            preview: batch_sheet(payload.tensors),
                             status: f"**{done}** {entry.caption} · {t:.1f} s — saved `{entry.path}`",
                             gallery: gr.update(value=[(e.path, e.caption) for e in entries], selected_index=0),
                             record_json: entry.record,

@@ -1,7 +1,7 @@
 """Train the world latent diffusion model: a VAE of world scenes, then a diffusion prior over its latents.
 
     python -m world.train_ldm --out runs/world-ldm --model-out world/models/world-ldm [--resume]
-    accelerate launch -m world.train_ldm ...      # several processes / GPUs: each renders its own share
+    accelerate launch --multi_gpu -m world.train_ldm ...   # several GPUs: each process renders its own share
 
 Stage 1, the VAE (diffusers' AutoencoderKL, 32 px, a 8 x 4 x 4 latent): the ELBO with a Gaussian likelihood
 (sigma 0.1 on [-1, 1] pixels) on rendered training scenes, AdamW, cosine learning rate.  Stage 2, the prior
@@ -10,7 +10,9 @@ seed are encoded once (kept in <out>/latents.safetensors), then the epsilon-pred
 posterior samples, on diffusers' cosine schedule (``squaredcos_cap_v2``, 1,000 steps), with EMA weights (0.999),
 which are what ships.  Both stages checkpoint to <out> (safetensors, optimiser included) and resume exactly:
 every random draw of step i comes from a generator seeded by (seed, stage, i).  The result is one folder of
-diffusers components (``generators.diffusion.latent_model``), fp16.
+diffusers components (``generators.diffusion.latent_model``), fp16.  Devices and processes go through
+accelerate (prepare, backward, gradient clipping); only the one-process path has been run here (no GPU, and
+``torchrun`` on CPU gave each process a one-process state).
 """
 
 from __future__ import annotations
