@@ -135,7 +135,7 @@ def clip_guided_diffusion(
                 if guide is not None:
                     if s.guidance == "x0":
                         x0 = x0.detach().requires_grad_(True)
-                    out = guide(ldm.decode(x0, size=clip_px))
+                    out = guide(ldm.decode(x0, size=clip_px).to(clip.device))
                     (grad,) = torch.autograd.grad(out.loss * s.batch, x0 if s.guidance == "x0" else xi)
                     grad = _unit_rms(grad)
                     if s.guidance == "x0":
