@@ -49,7 +49,7 @@ class DiffusionSettings:
     noise: float = 0.5  # noise on those views, as in `generate`: guidance the judge agrees with, not adversarial
     eta: float = 0.0  # DDIM stochasticity: 0 = deterministic DDIM, 1 = DDPM-like
     size: int = 64  # output pixels (the decoded image, resized bilinearly: the world model decodes 32 px)
-    batch: int = 8  # samples drawn together: a batch costs far less than its images one by one
+    batch: int = 8  # drawn together: 10.1 s an image at batch 8 against 14.8 s alone (2 CPU cores)
     seed: int = 0
     templates: str = "plain"
     model: str = DEFAULT_MODEL  # the guiding CLIP
