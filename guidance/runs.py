@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
@@ -173,3 +174,33 @@ def load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
             i, k = key[len(prefix) + 1:].split(".", 1)
             state.setdefault(int(i), {})[k] = v
     opt.load_state_dict({"state": state, "param_groups": json.loads(groups)})
+
+
+def save_training_checkpoint(path: Path, fmt: str, model: torch.nn.Module, opt: torch.optim.Optimizer,
+                             meta: dict[str, str], extra: dict[str, torch.Tensor] | None = None) -> None:
+    """Model, optimiser and `extra` tensors plus string metadata (``format`` = `fmt`) in one safetensors file,
+    written beside `path` and moved over it, so an interrupted save never leaves a half checkpoint."""
+    from safetensors.torch import save_file
+
+    opt_tensors, groups = optimizer_tensors(opt, "opt")
+    tensors = {**{f"model.{k}": v for k, v in model.state_dict().items()}, **opt_tensors, **(extra or {})}
+    tmp = path.with_suffix(".tmp.safetensors")
+    save_file({k: v.detach().contiguous().cpu().clone() for k, v in tensors.items()}, str(tmp),
+              metadata={"format": fmt, **meta, "opt_groups": groups})
+    tmp.replace(path)
+
+
+def load_training_checkpoint(path: Path, fmt: str, model: torch.nn.Module, opt: torch.optim.Optimizer,
+                             mismatch: str) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """Restore what `save_training_checkpoint` wrote -> (metadata, the `extra` tensors). A file of another
+    format stops the program with `mismatch` (what to do instead), before any tensor is read."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+        if meta.get("format") != fmt:
+            raise SystemExit(f"{path} {mismatch} (format {meta.get('format', 'none')!r}, want {fmt!r})")
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    load_optimizer(opt, tensors, "opt", meta["opt_groups"])
+    return meta, {k: v for k, v in tensors.items() if not k.startswith(("model.", "opt."))}

@@ -23,12 +23,11 @@ from pathlib import Path
 import open_clip
 import torch
 from open_clip.loss import ClipLoss
-from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from guidance.runs import load_optimizer, optimizer_tensors
+from guidance.runs import load_training_checkpoint, save_training_checkpoint
 from world.data import HardNegativeBatchSampler, WorldDataset
 from world.scene import MAX_SHADE
 
@@ -80,26 +79,15 @@ CHECKPOINT_FORMAT = "world-clip-train/2"
 
 def _save_checkpoint(out: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, step: int,
                      elapsed: float, cpu: float) -> None:
-    tensors = {f"model.{k}": v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-    opt_tensors, groups = optimizer_tensors(opt, "opt")
-    meta = {"format": CHECKPOINT_FORMAT, "step": str(step), "elapsed": repr(elapsed), "cpu": repr(cpu),
-            "opt_groups": groups}
-    save_file({**tensors, **opt_tensors}, str(out / "last.tmp.safetensors"), metadata=meta)
-    (out / "last.tmp.safetensors").replace(out / "last.safetensors")
+    save_training_checkpoint(out / "last.safetensors", CHECKPOINT_FORMAT, model, opt,
+                             {"step": str(step), "elapsed": repr(elapsed), "cpu": repr(cpu)})
 
 
 def _load_checkpoint(out: Path, model: torch.nn.Module, opt: torch.optim.Optimizer) -> tuple[int, float, float]:
     """Restore model and optimiser from <out>/last.safetensors -> (step, elapsed seconds, CPU seconds)."""
-    path = out / "last.safetensors"
-    with safe_open(str(path), "pt") as f:  # one read: the metadata is checked before any tensor is loaded
-        meta = f.metadata() or {}
-        if meta.get("format") != CHECKPOINT_FORMAT:
-            raise SystemExit(f"{path} was written by an older trainer (format {meta.get('format', 'none')!r}, "
-                             f"want {CHECKPOINT_FORMAT!r}): start a new run (another --out), or --init from its "
-                             "weights")
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    load_optimizer(opt, tensors, "opt", meta["opt_groups"])
+    meta, _ = load_training_checkpoint(out / "last.safetensors", CHECKPOINT_FORMAT, model, opt,
+                                       "was written by an older trainer: start a new run (another --out), or "
+                                       "--init from its weights")
     return int(meta["step"]), float(meta["elapsed"]), float(meta["cpu"])
 
 

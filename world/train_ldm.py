@@ -23,11 +23,10 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from guidance.runs import load_optimizer, optimizer_tensors
+from guidance.runs import load_training_checkpoint, save_training_checkpoint
 from world.data import WorldDataset, seeded
 from world.train_clip import cpu_seconds, lr_at
 
@@ -54,31 +53,16 @@ def make_scheduler():
     return DDPMScheduler(num_train_timesteps=TRAIN_TIMESTEPS, beta_schedule=SCHEDULE)
 
 
-def _save(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
-    tmp = path.with_suffix(".tmp.safetensors")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp),
-              metadata={"format": CHECKPOINT_FORMAT, **meta})
-    tmp.replace(path)
-
-
 def _checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, step: int, elapsed: float,
                 extra: dict[str, torch.Tensor] | None = None) -> None:
-    opt_tensors, groups = optimizer_tensors(opt, "opt")
-    tensors = {**{f"model.{k}": v for k, v in model.state_dict().items()}, **opt_tensors, **(extra or {})}
-    _save(path, tensors, {"step": str(step), "elapsed": repr(elapsed), "opt_groups": groups})
+    save_training_checkpoint(path, CHECKPOINT_FORMAT, model, opt, {"step": str(step), "elapsed": repr(elapsed)},
+                             extra)
 
 
 def _restore(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer) -> tuple[int, float, dict]:
     """(step, elapsed seconds, the other tensors) from a checkpoint `_checkpoint` wrote."""
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata() or {}
-        if meta.get("format") != CHECKPOINT_FORMAT:
-            raise SystemExit(f"{path} is not a checkpoint of this trainer (format {meta.get('format')!r}); "
-                             "start a new run with another --out")
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    load_optimizer(opt, tensors, "opt", meta["opt_groups"])
-    rest = {k: v for k, v in tensors.items() if not k.startswith(("model.", "opt."))}
+    meta, rest = load_training_checkpoint(path, CHECKPOINT_FORMAT, model, opt,
+                                          "is not a checkpoint of this trainer: start a new run with another --out")
     return int(meta["step"]), float(meta["elapsed"]), rest
 
 
@@ -151,7 +135,9 @@ def train_prior(acc, vae, out: Path, steps: int, batch: int, lr: float, n_scenes
     latents = out / "latents.safetensors"
     if acc.is_main_process and not (resume and latents.exists()):
         mean, std = encode_scenes(vae, n_scenes, acc.device)
-        _save(latents, {"mean": mean, "std": std}, {"scenes": str(n_scenes)})
+        tmp = latents.with_suffix(".tmp.safetensors")
+        save_file({"mean": mean.contiguous(), "std": std.contiguous()}, str(tmp), metadata={"scenes": str(n_scenes)})
+        tmp.replace(latents)
     acc.wait_for_everyone()
     data = load_file(str(latents))
     mean, std = data["mean"].to(acc.device), data["std"].to(acc.device)
