@@ -140,10 +140,11 @@ _CACHE_LOCK = threading.Lock()
 
 def get_latent_model(name: str | os.PathLike = DEFAULT_LATENT_MODEL) -> LatentModel:
     """``load_latent_model`` once per process and folder, shared by every run and app session."""
-    key = str(resolve_latent_model(name).resolve())
+    folder = resolve_latent_model(name)
+    key = str(folder.resolve())
     with _CACHE_LOCK:
         if key not in _CACHE:
-            _CACHE[key] = load_latent_model(name)
+            _CACHE[key] = load_latent_model(folder)  # the folder, not the name: resolved once, not twice
         return _CACHE[key]
 
 
