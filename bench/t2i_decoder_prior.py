@@ -14,7 +14,6 @@ from most latents), so the shipped method samples the diffusion model's prior in
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -24,9 +23,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from t2i_world_judge import ONE_OBJECT, judged_cells, load_judges, save_strip  # noqa: E402
+from t2i_world_judge import (  # noqa: E402
+    ONE_OBJECT,
+    judged_cells,
+    load_judges,
+    parse_prior_bench,
+    prior_bench_parser,
+    save_strip,
+)
 
-from generators.diffusion.latent_model import DEFAULT_LATENT_MODEL, load_latent_model  # noqa: E402
+from generators.diffusion.latent_model import load_latent_model  # noqa: E402
 from generators.image.generate import generate  # noqa: E402
 from guidance.augment import Cutouts  # noqa: E402
 from guidance.clip import load_clip  # noqa: E402
@@ -49,22 +55,11 @@ def through_decoder(ldm, clip, prompt: str, batch: int, seed: int, steps: int, l
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--prompt", default="a red circle")
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--seed", type=int, default=0)
+    p = prior_bench_parser(__doc__.splitlines()[0], batch=4)
     p.add_argument("--steps", type=int, default=150)
     p.add_argument("--l2", type=float, default=0.1, help="weight of the latent's L2 pull toward 0")
-    p.add_argument("--diffusion-model", default=DEFAULT_LATENT_MODEL,
-                   help="latent diffusion model (name or folder) whose VAE decodes")
     p.add_argument("--guide", action="append", default=[], help="guide weights (repeat; default the shipped guide)")
-    p.add_argument("--judge", action="append", default=[], help="extra judge weights besides the shipped judge")
-    p.add_argument("--save", type=Path, default=None)
-    p.add_argument("--threads", type=int, default=2)
-    a = p.parse_args()
-    if a.prompt not in ONE_OBJECT:
-        p.error(f"--prompt must be a one-object caption such as 'a red circle'; got {a.prompt!r}")
-    torch.set_num_threads(a.threads)
+    a = parse_prior_bench(p)
     ldm = load_latent_model(a.diffusion_model, device="cpu")
     judges = load_judges(a.judge)
     print(f"{a.prompt!r}, batch {a.batch}, seed {a.seed}; first = judge ranks the prompt first among {len(ONE_OBJECT)}")

@@ -13,21 +13,25 @@ colour, and seconds per batch.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
-
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from t2i_world_judge import ONE_OBJECT, judged_cells, load_judges, save_strip  # noqa: E402
+from t2i_world_judge import (  # noqa: E402
+    ONE_OBJECT,
+    judged_cells,
+    load_judges,
+    parse_prior_bench,
+    prior_bench_parser,
+    save_strip,
+)
 
 from generators.diffusion.clip_guided_diffusion import clip_guided_diffusion  # noqa: E402
-from generators.diffusion.latent_model import DEFAULT_LATENT_MODEL, load_latent_model  # noqa: E402
+from generators.diffusion.latent_model import load_latent_model  # noqa: E402
 from generators.image.generate import generate  # noqa: E402
 from guidance.clip import load_clip  # noqa: E402
 
@@ -43,20 +47,10 @@ VARIANTS = {  # label -> diffusion settings (the method's defaults: eps 0.5, 3 p
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--prompt", default="a red circle")
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--diffusion-model", default=DEFAULT_LATENT_MODEL, help="latent diffusion model name or folder")
+    p = prior_bench_parser(__doc__.splitlines()[0], batch=8)
     p.add_argument("--guide", default=None, help="guide weights (default the shipped guide)")
-    p.add_argument("--judge", action="append", default=[], help="extra judge weights besides the shipped judge")
     p.add_argument("--only", action="append", default=[], help="run only variants whose label contains this")
-    p.add_argument("--save", type=Path, default=None)
-    p.add_argument("--threads", type=int, default=2)
-    a = p.parse_args()
-    if a.prompt not in ONE_OBJECT:
-        p.error(f"--prompt must be a one-object caption such as 'a red circle'; got {a.prompt!r}")
-    torch.set_num_threads(a.threads)
+    a = parse_prior_bench(p)
     ldm = load_latent_model(a.diffusion_model, device="cpu")
     clip = load_clip("world-guide", pretrained=a.guide, device="cpu")
     judges = load_judges(a.judge)

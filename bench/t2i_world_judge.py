@@ -90,6 +90,30 @@ def save_strip(images: torch.Tensor, path: Path) -> None:
     Image.fromarray((strip.permute(1, 2, 0) * 255).round().byte().numpy()).save(path)
 
 
+def prior_bench_parser(description: str, batch: int) -> argparse.ArgumentParser:
+    """The arguments the generator-prior benches share: prompt, batch, seed, model, judges, strips, threads."""
+    from generators.diffusion.latent_model import DEFAULT_LATENT_MODEL
+
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--prompt", default="a red circle")
+    p.add_argument("--batch", type=int, default=batch)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--diffusion-model", default=DEFAULT_LATENT_MODEL, help="latent diffusion model name or folder")
+    p.add_argument("--judge", action="append", default=[], help="extra judge weights besides the shipped judge")
+    p.add_argument("--save", type=Path, default=None)
+    p.add_argument("--threads", type=int, default=2)
+    return p
+
+
+def parse_prior_bench(p: argparse.ArgumentParser) -> argparse.Namespace:
+    """Parse, refuse a prompt the judges cannot rank, and set the thread count."""
+    a = p.parse_args()
+    if a.prompt not in ONE_OBJECT:
+        p.error(f"--prompt must be a one-object caption such as 'a red circle'; got {a.prompt!r}")
+    torch.set_num_threads(a.threads)
+    return a
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--prompt", default="a red circle")
