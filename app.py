@@ -29,9 +29,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     known = set(api.get_method(args.method).field_names())
     overrides = {k: v for k, v in vars(args).items() if k in known and v is not None}
     result = api.run(args.method, args.preset, progress=True, **overrides)
-    n = len(result.images)
-    paths = [args.out] if n == 1 else [args.out.with_name(f"{args.out.stem}-{i + 1}{args.out.suffix}")
-                                       for i in range(n)]
+    from guidance.images import numbered_outputs
+
+    paths = numbered_outputs(args.out, len(result.images))
     out = ", ".join(str(result.save(path, index=i)) for i, path in enumerate(paths))
     last = result.history[-1] if result.history else {}
     timings = result.record["timings"]

@@ -5,7 +5,9 @@
 
 - Inputs: image files for methods with an image input; for methods without one (generate) ``.txt`` files whose
   text fills the method's text setting (the prompt), one job per file.
-- Each job writes ``OUTPUT/<input stem>.png`` with its settings embedded. A rerun skips outputs that already
+- Each job writes ``OUTPUT/<input stem>.png`` with its settings embedded; a run that samples a batch (``batch``
+  N > 1: generate, diffusion) writes all N, ``<input stem>-1.png`` ... ``-N.png``, each carrying the batch's
+  settings (any one of them reproduces the batch). A rerun skips outputs that already
   carry the same settings (resume); an output made with other settings is a failure for that file unless
   ``--overwrite``. Outputs that would land on an input, or two inputs with one output name, stop the run before
   anything is written.
@@ -23,7 +25,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -34,7 +36,7 @@ from generators.presets import load_preset, settings_dict
 from generators.registry import Method
 from guidance.clip import TINY_MODEL
 from guidance.errors import ClipKitError, ParameterError
-from guidance.images import plan_outputs, read_settings
+from guidance.images import numbered_outputs, plan_outputs, read_settings
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 TEXT_EXTS = (".txt",)
@@ -43,8 +45,9 @@ TEXT_EXTS = (".txt",)
 @dataclass
 class Job:
     input: Path
-    output: Path
+    output: Path  # where its image goes, or the name its batch's numbered images derive from
     status: str = "todo"  # todo | done (already there, same settings) | conflict (there, other settings)
+    outputs: list[Path] = field(default_factory=list)  # every file it writes (``numbered_outputs(output, N)``)
 
 
 # One input's run: keyword inputs of the method (``image=path`` or ``prompt=text``, ``mask=path``) -> result.
@@ -66,6 +69,7 @@ class BatchSpec:
     takes_mask: bool = False
     ignore: tuple[str, ...] = ()  # record-only keys, not compared on resume
     clip_name: str | None = None  # the CLIP an output must have been made with (None: not checked)
+    images: int = 1  # images one run returns (its ``batch`` setting): each is saved
     label: str | None = None  # what the summary line calls the run (the preset name); default the method
     on_result: OnResult | None = None
 
@@ -83,7 +87,8 @@ def method_spec(method: Method, settings: Any, clip: Any = None, cancel: api.Can
     return BatchSpec(method.name, {"method": method.name, **settings_dict(settings)}, run_one,
                      image_input=method.inputs[0].name if method.inputs else None, text_field=method.text_field,
                      takes_mask=any(i.mask for i in method.inputs), ignore=method.record_only,
-                     clip_name=clip_name, label=label, on_result=on_result)
+                     clip_name=clip_name, label=label, on_result=on_result,
+                     images=int(getattr(settings, "batch", 1)))
 
 
 def expand_inputs(patterns: list[str], exts: tuple[str, ...]) -> list[Path]:
@@ -113,19 +118,26 @@ def plan(spec: BatchSpec, inputs: list[Path], output: Path, overwrite: bool = Fa
     if any(p.parent.resolve() == output.resolve() for p in inputs):
         raise ParameterError(f"the output folder {output} holds inputs; choose another --output "
                              "(inputs are never written over)")
-    jobs = [Job(p, out) for p, out in plan_outputs(inputs, output)]
-    for j in jobs:
-        if j.output.exists() and not overwrite:
-            try:
-                stored = _settings_of(j.output) or {}
-                used = stored.pop("clip", None)
-                for key in spec.ignore:
-                    stored.pop(key, None)
-                same = stored == want_for(spec, j.input) and (used is None or used == spec.clip_name)
-            except (OSError, UnicodeDecodeError):
-                same = False
-            j.status = "done" if same else "conflict"
+    jobs = [Job(p, out, outputs=numbered_outputs(out, spec.images)) for p, out in plan_outputs(inputs, output)]
+    for j in jobs:  # numbered names cannot collide: the number after the last "-" tells them apart
+        there = [o for o in j.outputs if o.exists()]
+        if not there or overwrite:
+            continue
+        same = [_same_settings(spec, j.input, o) for o in there]
+        j.status = "conflict" if not all(same) else "done" if len(there) == len(j.outputs) else "todo"
     return jobs
+
+
+def _same_settings(spec: BatchSpec, path: Path, output: Path) -> bool:
+    """Whether an earlier output carries this job's settings and, where it records one, its CLIP."""
+    try:
+        stored = _settings_of(output) or {}
+        used = stored.pop("clip", None)
+        for key in spec.ignore:
+            stored.pop(key, None)
+        return stored == want_for(spec, path) and (used is None or used == spec.clip_name)
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def want_for(spec: BatchSpec, path: Path) -> dict[str, Any]:
@@ -141,6 +153,12 @@ def _settings_of(path: Path) -> dict[str, Any] | None:
         return dict(read_settings(path).get("settings") or {}) or None
     except (OSError, ValueError):
         return None
+
+
+def _names(job: Job) -> str:
+    """A job's outputs for a message: the file, or the first and last of its batch."""
+    first, *rest = job.outputs
+    return str(first) if not rest else f"{first} ... {rest[-1].name} ({len(job.outputs)} images)"
 
 
 def _read_text(path: Path) -> str:
@@ -224,7 +242,7 @@ def run_spec(
             verb = {"todo": "run ", "done": "skip", "conflict": "FAIL"}[j.status]
             note = {"done": "  (done, same settings)",
                     "conflict": "  (exists with other settings; --overwrite to redo)"}.get(j.status, "")
-            print(f"{verb} {j.input} -> {j.output}{note}", file=out)
+            print(f"{verb} {j.input} -> {_names(j)}{note}", file=out)
         what = f"preset {preset} ({spec.method})" if preset else spec.method
         print(f"dry run: {len(todo)} to run, {len(jobs) - len(todo)} already there; {what}; nothing written",
               file=out)
@@ -240,13 +258,15 @@ def run_spec(
     started = time.perf_counter()
     try:
         for j in tqdm(jobs, desc=f"batch {spec.method}", unit="file", disable=not progress, file=out):
-            row: dict[str, Any] = {"event": "file", "input": str(j.input), "output": str(j.output)}
+            row: dict[str, Any] = {"event": "file", "input": str(j.input), "output": str(j.outputs[0])}
+            if len(j.outputs) > 1:
+                row["outputs"] = [str(o) for o in j.outputs]
             if j.status == "done":
                 counts["skipped"] += 1
                 log.write(**row, status="skipped", reason="output exists with the same settings")
                 continue
             if j.status == "conflict":
-                msg = f"{j.output} exists with other settings; pass --overwrite or choose another --output"
+                msg = f"{_names(j)} exists with other settings; pass --overwrite or choose another --output"
                 counts["failed"] += 1
                 failures.append((j.input, msg))
                 log.write(**row, status="failed", error=msg)
@@ -267,7 +287,10 @@ def run_spec(
                     raise KeyboardInterrupt
                 if spec.on_result is not None:
                     spec.on_result(j, result)
-                result.save(j.output, protect=(j.input,))
+                if len(result.images) != len(j.outputs):
+                    raise RuntimeError(f"the run returned {len(result.images)} images for {len(j.outputs)} outputs")
+                for i, path in enumerate(j.outputs):
+                    result.save(path, index=i, protect=(j.input,))
             except ClipKitError as e:
                 counts["failed"] += 1
                 failures.append((j.input, str(e)))

@@ -154,6 +154,15 @@ def plan_outputs(inputs: list[Path], out_dir: str | os.PathLike) -> list[tuple[P
     return pairs
 
 
+def numbered_outputs(path: str | os.PathLike, count: int) -> list[Path]:
+    """Where a run's `count` images go: `path` itself for one, else <stem>-1 ... <stem>-N beside it (the CLI and
+    batch jobs name a batch of samples alike)."""
+    path = Path(path)
+    if count == 1:
+        return [path]
+    return [path.with_name(f"{path.stem}-{i + 1}{path.suffix}") for i in range(count)]
+
+
 def read_settings(path: str | os.PathLike) -> dict[str, Any]:
     """The settings a toolkit PNG carries (empty dict when it carries none)."""
     with Image.open(path) as img:

@@ -144,3 +144,27 @@ def test_a_style_preset_can_drive_another_style_method(tmp_path, capsys):
     assert batch("--preset", "style-monet", "--method", "enhance", "--input", str(d),
                  "--output", str(tmp_path / "o")) == 2
     assert "is for method 'clipstyler', not 'enhance'" in capsys.readouterr().err
+
+
+def test_a_batch_of_samples_writes_every_image_and_resumes_by_the_set(prompts, tmp_path, capsys):
+    out = tmp_path / "out"
+    (prompts / "empty.txt").unlink()
+    two = [*FAST, "--set", "batch=2"]
+    assert batch("--preset", "generate-preview", "--input", str(prompts), "--output", str(out), *two) == 0
+    assert sorted(p.name for p in out.glob("*.png")) == ["blue-1.png", "blue-2.png", "red-1.png", "red-2.png"]
+    ref = api.run(preset="generate-preview", clip="tiny", prompt="a red circle", steps=2, size=32, cutouts=2, batch=2)
+    for i in (0, 1):
+        assert read_settings(out / f"red-{i + 1}.png")["settings"]["batch"] == 2
+        assert Image.open(out / f"red-{i + 1}.png").tobytes() == ref.images[i].tobytes()
+    assert next(r for r in logs(out)[0] if r["event"] == "file")["outputs"][1].endswith("-2.png")
+    capsys.readouterr()
+    # a missing image of a set is made again (the whole run, same seed: the same pixels); a whole set is skipped
+    (out / "red-2.png").unlink()
+    assert batch("--preset", "generate-preview", "--input", str(prompts), "--output", str(out), *two) == 0
+    assert "1 done, 1 skipped" in capsys.readouterr().err
+    assert Image.open(out / "red-2.png").tobytes() == ref.images[1].tobytes()
+    # one image of a set made with other settings is a conflict for the whole set
+    api.run(preset="generate-preview", clip="tiny", prompt="a blue square", steps=2, size=32, cutouts=2,
+            seed=3).save(out / "blue-1.png")
+    assert batch("--preset", "generate-preview", "--input", str(prompts), "--output", str(out), *two) == 1
+    assert "exists with other settings" in capsys.readouterr().err
