@@ -315,6 +315,10 @@ _POLYGONS: dict[str, torch.Tensor] = {
 }
 
 
+# How far each shape reaches from its centre, in units of its size radius (turning keeps it)
+_EXTENT: dict[str, float] = {"circle": 0.9, **{k: float(v.norm(dim=-1).max()) for k, v in _POLYGONS.items()}}
+
+
 def _polygon_sdf(p: torch.Tensor, verts: torch.Tensor) -> torch.Tensor:
     """Signed distance from points p (N,P,2) to one polygon (K,2); negative inside."""
     v = verts.to(p)
@@ -381,29 +385,42 @@ def render_batch(scenes: list[SceneSpec], size: int = 64) -> torch.Tensor:
     obj_alpha = torch.zeros(b, 1, size, size)
     obj_rgb = torch.zeros(b, 3, size, size)
     flat = [(i, o) for i, s in enumerate(scenes) for o in s.objects]
-    pts = xy.view(1, -1, 2)
     for shape in SHAPES:
         group = [(i, o) for i, o in flat if o.shape == shape]
         if not group:
             continue
-        idx = torch.tensor([i for i, _ in group])
         cx = torch.tensor([_CENTRE[o.position][0] + o.dx for _, o in group]).view(-1, 1)
         cy = torch.tensor([_CENTRE[o.position][1] + o.dy for _, o in group]).view(-1, 1)
         r = torch.tensor([_RADIUS[o.size] * o.scale for _, o in group]).view(-1, 1)
         a = torch.tensor([o.angle for _, o in group]).view(-1, 1)
-        px, py = pts[..., 0] - cx, pts[..., 1] - cy  # (N,P)
+        # Each object is drawn on a window around it only (alpha is exactly 0 beyond half a pixel outside the
+        # shape), at the full grid's own pixel centres, so the image is the one the whole frame gives: 2x
+        # cheaper for the data worker, which competes with training for the 2 cores.
+        half = math.ceil(float(r.max()) * _EXTENT[shape] * size + 1)
+        span = torch.arange(2 * half + 1)
+        n = span.numel()
+        x0 = (cx.view(-1) * size).floor().long() - half
+        y0 = (cy.view(-1) * size).floor().long() - half
+        gx = (((x0[:, None] + span).float() + 0.5) / size)[:, None, :].expand(-1, n, -1).reshape(len(group), -1)
+        gy = (((y0[:, None] + span).float() + 0.5) / size)[:, :, None].expand(-1, -1, n).reshape(len(group), -1)
+        px, py = gx - cx, gy - cy  # (N,W*W): window pixels, some may lie outside the frame
         ca, sa = torch.cos(a), torch.sin(a)
         local = torch.stack([(ca * px + sa * py) / r, (-sa * px + ca * py) / r], -1)
         if shape == "circle":
-            d = local.norm(dim=-1) - 0.9
+            d = local.norm(dim=-1) - _EXTENT["circle"]
         else:
             d = _polygon_sdf(local, _POLYGONS[shape])
-        alpha = (0.5 - d * r * size).clamp(0, 1).view(-1, 1, size, size)
+        alpha = (0.5 - d * r * size).clamp(0, 1).view(-1, 1, n, n)
         rgb = torch.tensor([o.paint() for _, o in group]).view(-1, 3, 1, 1)
-        for j in range(len(group)):  # at most two objects per scene: composite in order
-            k = int(idx[j])
-            obj_rgb[k] = obj_rgb[k] * (1 - alpha[j]) + rgb[j] * alpha[j]
-            obj_alpha[k] = obj_alpha[k] + alpha[j] * (1 - obj_alpha[k])
+        for j, (k, _) in enumerate(group):  # at most two objects per scene: composite in order
+            left, top = int(x0[j]), int(y0[j])
+            xs = slice(max(0, left), min(size, left + n))
+            ys = slice(max(0, top), min(size, top + n))
+            aj = alpha[j][:, ys.start - top:ys.stop - top, xs.start - left:xs.stop - left]
+            if aj.numel() == 0:  # wholly outside the frame
+                continue
+            obj_rgb[k, :, ys, xs] = obj_rgb[k, :, ys, xs] * (1 - aj) + rgb[j] * aj
+            obj_alpha[k, :, ys, xs] = obj_alpha[k, :, ys, xs] + aj * (1 - obj_alpha[k, :, ys, xs])
     gain_bg = torch.ones(b, 1, 1, 1)
     gain_obj = torch.ones(b, 1, 1, 1)
     lift_bg = torch.zeros(b, 1, 1, 1)
