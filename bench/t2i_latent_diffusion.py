@@ -6,7 +6,9 @@ The generator is a latent diffusion model folder (default the shipped world-ldm,
 `python -m world.train_ldm`); the sampler is the `diffusion` method (generators/diffusion/
 clip_guided_diffusion.py).  Variants measured against the pixel method's defaults on the same seeds, in the same
 run: unguided samples, the two guidance forms ("eps": classifier guidance on the noise; "x0": a step on the
-predicted clean latent) and self-recurrence (passes per step).  Per variant: how many images each judge ranks
+predicted clean latent), self-recurrence (passes per step) and, for a text-conditioned model, classifier-free
+guidance ("text W": its scale) alone or with CLIP guidance (with an unconditioned model "text" rows are the same
+samples as the rows without text).  Per variant: how many images each judge ranks
 first as the prompt among the 66 one-object captions, the judge-free figure share and disc IoU of the prompt's
 colour, and seconds per batch.
 """
@@ -35,14 +37,20 @@ from generators.diffusion.latent_model import load_latent_model  # noqa: E402
 from generators.image.generate import generate  # noqa: E402
 from guidance.clip import load_clip  # noqa: E402
 
-VARIANTS = {  # label -> diffusion settings (the method's defaults: eps 0.5, 3 passes)
-    "prior, unguided": {"guidance_scale": 0.0, "recurrence": 1},
-    "prior, eps guidance 1": {"guidance_scale": 1.0, "recurrence": 1},
-    "prior, eps guidance 0.5, recurrence 3 (defaults)": {},
-    "prior, eps guidance 0.7, recurrence 3": {"guidance_scale": 0.7},
-    "prior, 25 steps, recurrence 2 (diffusion-quick)": {"steps": 25, "recurrence": 2},
-    "prior, eps guidance 0.5, recurrence 5": {"guidance_scale": 0.5, "recurrence": 5},
-    "prior, x0 guidance 0.1, recurrence 3": {"guidance": "x0", "guidance_scale": 0.1},
+VARIANTS = {  # label -> diffusion settings; "text" = classifier-free guidance of a text-conditioned model
+    "prior, unguided": {"guidance_scale": 0.0, "recurrence": 1, "cfg_scale": 0.0},
+    "prior, eps guidance 1": {"guidance_scale": 1.0, "recurrence": 1, "cfg_scale": 0.0},
+    "prior, eps guidance 0.5, recurrence 3": {"cfg_scale": 0.0},
+    "prior, eps guidance 0.7, recurrence 3": {"guidance_scale": 0.7, "cfg_scale": 0.0},
+    "prior, 25 steps, recurrence 2": {"steps": 25, "recurrence": 2, "cfg_scale": 0.0},
+    "prior, eps guidance 0.5, recurrence 5": {"guidance_scale": 0.5, "recurrence": 5, "cfg_scale": 0.0},
+    "prior, x0 guidance 0.1, recurrence 3": {"guidance": "x0", "guidance_scale": 0.1, "cfg_scale": 0.0},
+    "text 1, no CLIP": {"guidance_scale": 0.0, "recurrence": 1, "cfg_scale": 1.0},
+    "text 3, no CLIP": {"guidance_scale": 0.0, "recurrence": 1, "cfg_scale": 3.0},
+    "text 6, no CLIP": {"guidance_scale": 0.0, "recurrence": 1, "cfg_scale": 6.0},
+    "text 3, eps guidance 0.5, recurrence 3": {"cfg_scale": 3.0},
+    "text 3, eps guidance 0.25, recurrence 2": {"cfg_scale": 3.0, "guidance_scale": 0.25, "recurrence": 2},
+    "text 3, 25 steps, eps 0.5, recurrence 2": {"cfg_scale": 3.0, "steps": 25, "recurrence": 2},
 }
 
 

@@ -136,6 +136,9 @@ def _diffusion_entry() -> Method:
             "prompt": Control("Prompt", "weighted prompts: 'a red circle:1 | blurry:-0.5'", kind="textarea"),
             "guidance_scale": Control("Guidance scale", "how hard CLIP steers (0 = the model's own samples)",
                                       kind="slider", minimum=0, maximum=3, step=0.05),
+            "cfg_scale": Control("Text guidance (classifier-free)", "for a text-conditioned model: how strongly "
+                                 "it draws the prompt itself (0 = no text, 1 = plain); others ignore it",
+                                 kind="slider", minimum=0, maximum=10, step=0.5),
             "recurrence": Control("Passes per step (self-recurrence)", "more passes: stronger guidance that "
                                   "stays on the model's images, at that many times the time", kind="slider",
                                   minimum=1, maximum=10, step=1),
@@ -155,7 +158,7 @@ def _diffusion_entry() -> Method:
             "diffusion_model": Control("Diffusion model", "packaged: " + (", ".join(packaged_latent_models())
                                        or "none") + "; or a model folder", advanced=True),
         },
-        record_only=("clip", "diffusion_model_name"),
+        record_only=("clip", "diffusion_model_name", "text_conditioned"),
         text_field="prompt",
         check=check,
     )

@@ -181,6 +181,68 @@ def test_cli_writes_each_image_of_a_batch_with_its_settings(tmp_path, tiny_folde
     assert rc == 2 and "recurrence=0" in capsys.readouterr().err
 
 
+def test_text_conditioned_denoiser_reads_its_text_and_a_null_for_none():
+    net = LatentDenoiser(latent_channels=4, latent_size=8, width=32, depth=1, cond_dim=6, cond_clip="tiny-clip")
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(0)))
+        x, t, c = torch.randn(3, 4, 8, 8), torch.tensor(400), torch.randn(3, 6)
+        texted, none = net(x, t, c), net(x, t)
+        assert (texted - none).abs().max() > 1e-4
+        keep = torch.tensor([True, False, True])
+        mixed = net(x, t, c, keep)  # caption dropout: the dropped row is the null's
+        assert torch.allclose(mixed[1], none[1]) and torch.allclose(mixed[0], texted[0])
+    with pytest.raises(ValueError, match="cond_clip"):
+        LatentDenoiser(cond_dim=6)
+    with pytest.raises(ValueError, match="without text"):
+        tiny_parts()[1](x, t, c)
+
+
+@pytest.fixture(scope="module")
+def tiny_text_ldm(tmp_path_factory):
+    vae, _, sched = tiny_parts()
+    clip = api.tiny_model()
+    torch.manual_seed(1)
+    net = LatentDenoiser(latent_channels=4, latent_size=8, width=32, depth=1, cond_dim=clip.embed_dim,
+                         cond_clip=clip.name)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.2 * torch.randn(p.shape))
+    folder = save_latent_model(tmp_path_factory.mktemp("ldm") / "tiny-text-ldm", vae, net, sched)
+    return load_latent_model(folder, device="cpu")
+
+
+def test_classifier_free_guidance_follows_the_prompt_and_zero_ignores_it(tiny_text_ldm):
+    clip, run = api.tiny_model(), dict(guidance_scale=0.0, seed=2, batch=2, progress=False, **FAST)
+    assert tiny_text_ldm.denoiser.conditioned and tiny_text_ldm.denoiser.config.cond_clip == clip.name
+    red = clip_guided_diffusion(clip=clip, latent_model=tiny_text_ldm, prompt="a red circle", cfg_scale=3.0, **run)
+    blue = clip_guided_diffusion(clip=clip, latent_model=tiny_text_ldm, prompt="a blue square", cfg_scale=3.0,
+                                 **run)
+    assert red.settings["text_conditioned"] and (red.images - blue.images).abs().max() > 1e-3
+    again = clip_guided_diffusion(clip=clip, latent_model=tiny_text_ldm, prompt="a red circle", cfg_scale=3.0, **run)
+    assert torch.equal(red.images, again.images)
+    off = [clip_guided_diffusion(clip=clip, latent_model=tiny_text_ldm, prompt=p, cfg_scale=0.0, **run)
+           for p in ("a red circle", "a blue square")]
+    assert torch.equal(off[0].images, off[1].images) and not off[0].settings["text_conditioned"]
+    with pytest.raises(PromptError):
+        clip_guided_diffusion(clip=clip, latent_model=tiny_text_ldm, prompt=" ", cfg_scale=3.0, **run)
+    with pytest.raises(ParameterError, match="no positive part"):
+        clip_guided_diffusion(clip=clip, latent_model=tiny_text_ldm, prompt="red:-1", cfg_scale=3.0, **run)
+    with pytest.raises(ParameterError, match="cfg_scale=-1"):
+        DiffusionSettings(cfg_scale=-1.0).validate()
+
+
+def test_trainer_makes_a_text_conditioned_prior(tmp_path):
+    import world.train_ldm as train
+
+    train.main(["--out", str(tmp_path / "run"), "--model-out", str(tmp_path / "model"), "--vae-steps", "2",
+                "--vae-batch", "4", "--prior-steps", "3", "--prior-batch", "8", "--scenes", "24", "--every", "2",
+                "--threads", "1", "--condition", "tiny-clip", "--condition-weights", "random"])
+    m = load_latent_model(tmp_path / "model", device="cpu")
+    assert m.denoiser.conditioned and m.denoiser.config.cond_clip == "tiny-clip"
+    assert m.denoiser.config.cond_dim == api.tiny_model().embed_dim
+
+
 def test_trainer_resumes_exactly(tmp_path, monkeypatch):
     """An interrupted run, resumed, ends with the same weights as one that ran straight through."""
     import world.train_ldm as train

@@ -13,6 +13,11 @@ every random draw of step i comes from a generator seeded by (seed, stage, i).  
 diffusers components (``generators.diffusion.latent_model``), fp16.  Devices and processes go through
 accelerate (prepare, backward, gradient clipping); only the one-process path has been run here (no GPU, and
 ``torchrun`` on CPU gave each process a one-process state).
+
+With ``--condition CLIP`` the prior is text-conditioned (the latent diffusion / unCLIP decoder recipe at this
+scale): it reads that CLIP's unit embedding of each scene's caption, and a share ``--drop-caption`` of every
+batch is trained with a learned null embedding instead, so one network gives both terms of classifier-free
+guidance.  An existing run's VAE and encoded latents are reused by ``--resume``.
 """
 
 from __future__ import annotations
@@ -127,9 +132,28 @@ def encode_scenes(vae, n: int, device: torch.device) -> tuple[torch.Tensor, torc
     return torch.cat(means), torch.cat(stds)
 
 
+@torch.inference_mode()
+def caption_embeddings(clip_name: str, n: int, device: torch.device, pretrained: str | None = None
+                       ) -> torch.Tensor:
+    """(n, D) unit text embeddings, by the CLIP `clip_name`, of the captions of the scenes `encode_scenes` encodes
+    (the same dataset and indices), for a text-conditioned prior."""
+    from guidance.clip import load_clip
+
+    clip = load_clip(clip_name, pretrained, device=device)
+    ds = WorldDataset(None, seed=PRIOR_SEED, size=SIZE, noise=0.0, normalized=False, group_size=1, length=n)
+    captions = [ds.scene_and_caption(i)[1] for i in range(n)]
+    unique = list(dict.fromkeys(captions))
+    table = torch.cat([clip.encode_text(unique[i:i + 512]) for i in range(0, len(unique), 512)]).cpu()
+    where = {c: k for k, c in enumerate(unique)}
+    return table[torch.tensor([where[c] for c in captions])]
+
+
 def train_prior(acc, vae, out: Path, steps: int, batch: int, lr: float, n_scenes: int, seed: int, resume: bool,
-                every: int, ema_decay: float = 0.999):
-    """Stage 2; returns the denoiser holding the EMA weights."""
+                every: int, ema_decay: float = 0.999, condition: str | None = None, drop_caption: float = 0.1,
+                condition_weights: str | None = None):
+    """Stage 2; returns the denoiser holding the EMA weights.  With `condition` (a CLIP name) the prior reads
+    that CLIP's embedding of each scene's caption, dropped for a share `drop_caption` of the batch so that the
+    same network also models scenes without text (classifier-free guidance)."""
     from generators.diffusion.denoiser import LatentDenoiser
 
     latents = out / "latents.safetensors"
@@ -141,8 +165,10 @@ def train_prior(acc, vae, out: Path, steps: int, batch: int, lr: float, n_scenes
     acc.wait_for_everyone()
     data = load_file(str(latents))
     mean, std = data["mean"].to(acc.device), data["std"].to(acc.device)
+    texts = caption_embeddings(condition, n_scenes, acc.device, condition_weights) if condition else None
     torch.manual_seed(seed)
-    net = LatentDenoiser(latent_channels=LATENT_CHANNELS, latent_size=SIZE // 8)
+    net = LatentDenoiser(latent_channels=LATENT_CHANNELS, latent_size=SIZE // 8,
+                         cond_dim=texts.shape[1] if texts is not None else 0, cond_clip=condition)
     opt = torch.optim.AdamW(net.parameters(), lr, weight_decay=0.0)
     path, start, elapsed = out / "prior-last.safetensors", 0, 0.0
     ema = [p.detach().clone() for p in net.parameters()]
@@ -164,7 +190,12 @@ def train_prior(acc, vae, out: Path, steps: int, batch: int, lr: float, n_scenes
         x0 = mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=g).to(acc.device)
         noise = torch.randn(x0.shape, generator=g).to(acc.device)
         t = torch.randint(0, TRAIN_TIMESTEPS, (batch,), generator=g).to(acc.device)
-        loss = torch.nn.functional.mse_loss(net(sched.add_noise(x0, noise, t), t), noise)
+        if texts is None:
+            pred = net(sched.add_noise(x0, noise, t), t)
+        else:  # drawn after the unconditioned draws, so both kinds of run see the same latents and noise
+            keep = (torch.rand(batch, generator=g) >= drop_caption).to(acc.device)
+            pred = net(sched.add_noise(x0, noise, t), t, texts[idx], keep)
+        loss = torch.nn.functional.mse_loss(pred, noise)
         opt.zero_grad(set_to_none=True)
         acc.backward(loss)
         acc.clip_grad_norm_(params, 1.0)
@@ -199,6 +230,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--prior-batch", type=int, default=256)
     p.add_argument("--prior-lr", type=float, default=1e-3)
     p.add_argument("--scenes", type=int, default=40000, help="rendered scenes encoded for the prior")
+    p.add_argument("--condition", default=None, metavar="CLIP",
+                   help="train a text-conditioned prior on this CLIP's caption embeddings (e.g. world-guide)")
+    p.add_argument("--condition-weights", default=None, help="that CLIP's weights (default: as it resolves)")
+    p.add_argument("--drop-caption", type=float, default=0.1,
+                   help="share of each batch trained without its caption (classifier-free guidance)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--every", type=int, default=250, help="checkpoint every N steps")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
@@ -215,8 +251,11 @@ def main(argv: list[str] | None = None) -> None:
         (a.out / "args.json").write_text(json.dumps({k: str(v) for k, v in vars(a).items()}, indent=1))
     cpu0 = cpu_seconds()
     vae, vae_s = train_vae(acc, a.out, a.vae_steps, a.vae_batch, a.vae_lr, a.seed, a.resume, a.every)
+    if not 0 <= a.drop_caption < 1:
+        p.error("--drop-caption must be in [0, 1)")
     net, prior_s = train_prior(acc, vae, a.out, a.prior_steps, a.prior_batch, a.prior_lr, a.scenes, a.seed,
-                               a.resume, a.every)
+                               a.resume, a.every, condition=a.condition, drop_caption=a.drop_caption,
+                               condition_weights=a.condition_weights)
     if acc.is_main_process:
         save_latent_model(a.model_out, vae, net, make_scheduler())
         done = {"vae_minutes": round(vae_s / 60, 1), "prior_minutes": round(prior_s / 60, 1),

@@ -42,7 +42,10 @@ class DiffusionSettings:
 
     prompt: str = "a red circle"
     steps: int = 50  # DDIM steps
-    guidance_scale: float = 0.5  # 0 = unguided samples of the model (no CLIP is loaded)
+    guidance_scale: float = 0.5  # CLIP guidance; 0 = none (no guiding CLIP is loaded)
+    cfg_scale: float = 3.0  # classifier-free guidance of a text-conditioned model: 0 = no text, 1 = plain
+    #                         conditional samples, > 1 = more strongly what the text says; unconditioned models
+    #                         have no text input and ignore it
     recurrence: int = 3  # passes per step (self-recurrence); 1 = plain guided DDIM
     guidance: str = "eps"  # "eps" (classifier guidance) or "x0" (a step on the predicted clean latent)
     cutouts: int = 16  # whole-image views per step the guide scores
@@ -63,6 +66,8 @@ class DiffusionSettings:
             raise ParameterError(f"steps={self.steps!r} must be an integer in 1..1000 (DDIM steps)")
         if not 0 <= self.guidance_scale <= 20:
             raise ParameterError(f"guidance_scale={self.guidance_scale} must be in [0, 20] (0 = unguided)")
+        if not 0 <= self.cfg_scale <= 20:
+            raise ParameterError(f"cfg_scale={self.cfg_scale} must be in [0, 20] (0 = ignore the text)")
         if not isinstance(self.recurrence, int) or not 1 <= self.recurrence <= 10:
             raise ParameterError(f"recurrence={self.recurrence!r} must be an integer in 1..10")
         if self.guidance not in GUIDANCE_FORMS:
@@ -86,6 +91,21 @@ def _unit_rms(grad: torch.Tensor) -> torch.Tensor:
     return grad / grad.flatten(1).pow(2).mean(1).sqrt().clamp_min(1e-12).view(-1, *([1] * (grad.ndim - 1)))
 
 
+def text_condition(ldm: LatentModel, prompt: str, clip: ClipModel | None = None) -> torch.Tensor:
+    """(1, D) the embedding a text-conditioned denoiser reads for `prompt`: the unit mean of its positive parts'
+    embeddings by the CLIP it was trained with (`clip` when that is the one; else loaded by name), weighted as
+    the prompt weighs them (negative parts are left to CLIP guidance)."""
+    name = ldm.denoiser.config.cond_clip
+    if clip is None or clip.name != name:
+        clip = get_clip(name)
+    parts = [p for p in parse_prompts(prompt) if p.weight > 0]
+    if not parts:
+        raise ParameterError(f"prompt {prompt!r} has no positive part for the text-conditioned model to draw")
+    weights = torch.tensor([p.weight for p in parts], device=clip.device).view(-1, 1)
+    mean = (clip.encode_text([p.text for p in parts]) * weights).sum(0, keepdim=True)
+    return torch.nn.functional.normalize(mean, dim=-1).to(ldm.device)
+
+
 def clip_guided_diffusion(
     settings: DiffusionSettings | None = None,
     clip: ClipModel | None = None,
@@ -98,6 +118,7 @@ def clip_guided_diffusion(
     """Text to image by guided sampling; same settings and seed give the same images."""
     s = resolve_settings(DiffusionSettings, settings, overrides)
     guided = s.guidance_scale > 0
+    given = clip  # also the text encoder of a text-conditioned model trained on its embeddings, when unguided
 
     def load() -> tuple[LatentModel, ClipModel | None]:
         ldm = latent_model or get_latent_model(s.diffusion_model)
@@ -118,6 +139,19 @@ def clip_guided_diffusion(
     abar = sched.alphas_cumprod
     x = torch.randn(s.batch, *ldm.latent_shape, generator=gen).to(device)
     x0_pred = x
+    conditioned = ldm.denoiser.conditioned and s.cfg_scale > 0
+    cond = text_condition(ldm, s.prompt, clip or given).expand(s.batch, -1) if conditioned else None
+
+    def predict(xi: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The noise the denoiser sees in xi: with text, eps(null) + cfg_scale (eps(text) - eps(null)), both
+        halves in one batched call."""
+        if cond is None:
+            return ldm.denoiser(xi, t)
+        if s.cfg_scale == 1:
+            return ldm.denoiser(xi, t, cond)
+        keep = torch.arange(2 * s.batch, device=device) >= s.batch
+        plain, texted = ldm.denoiser(torch.cat([xi, xi]), t, torch.cat([cond, cond]), keep).chunk(2)
+        return plain + s.cfg_scale * (texted - plain)
 
     def denoise(i: int) -> dict[str, float]:
         """One DDIM step at times[i], with `recurrence` guided passes."""
@@ -130,7 +164,7 @@ def clip_guided_diffusion(
         for r in range(passes):
             with torch.enable_grad():
                 xi = x.detach().requires_grad_(guided and s.guidance == "eps")
-                eps = ldm.denoiser(xi, t.to(device))
+                eps = predict(xi, t.to(device))
                 x0 = (xi - (1 - a_t).sqrt() * eps) / a_t.sqrt()
                 if guide is not None:
                     if s.guidance == "x0":
@@ -165,5 +199,5 @@ def clip_guided_diffusion(
         # a cancelled run keeps its current best guess of the clean image, not the half-noisy latent
         final = ldm.decode(x0_pred if cancelled else x, size=s.size).cpu()
     record = {"method": "diffusion", **asdict(s), "clip": clip.name if clip is not None else None,
-              "diffusion_model_name": ldm.name}
+              "diffusion_model_name": ldm.name, "text_conditioned": conditioned}
     return RunResult.from_loop(final, record, history, seconds, cancelled, t_load)
