@@ -157,6 +157,16 @@ def run_steps(
     return history, cancelled, time.perf_counter() - start
 
 
+def training_accelerator():
+    """accelerate's Accelerator for a trainer: GPUs where there are any, else the CPU, where processes started by
+    ``torchrun`` join one data-parallel run (gloo).  Without ``cpu=True`` accelerate gives each CPU process a
+    one-process state, so they would each train alone (measured)."""
+    from accelerate import Accelerator
+
+    gpu = torch.cuda.is_available() or (hasattr(torch.backends, "mps") and torch.backends.mps.is_available())
+    return Accelerator(cpu=not gpu)
+
+
 def optimizer_tensors(opt: torch.optim.Optimizer, prefix: str) -> tuple[dict[str, torch.Tensor], str]:
     """An optimizer's state as flat tensors (``{prefix}.{param index}.{name}``) plus its param groups as JSON:
     what a safetensors training checkpoint needs for an exact resume (no pickle)."""

@@ -270,3 +270,22 @@ def test_trainer_resumes_exactly(tmp_path, monkeypatch):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), part
     done = json.loads((tmp_path / "b" / "done.json").read_text())
     assert done["processes"] == 1 and load_latent_model(tmp_path / "b-model", device="cpu").latent_shape == (8, 4, 4)
+
+
+def test_trainer_runs_as_two_data_parallel_processes(tmp_path):
+    """torchrun with 2 CPU processes: one run (accelerate's DDP over gloo), one model folder written."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+           "world.train_ldm", "--out", str(tmp_path / "run"), "--model-out", str(tmp_path / "model"),
+           "--vae-steps", "2", "--vae-batch", "4", "--prior-steps", "3", "--prior-batch", "8", "--scenes", "24",
+           "--every", "2", "--threads", "1"]
+    done = subprocess.run(cmd, cwd=root, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                          text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((tmp_path / "run" / "done.json").read_text())["processes"] == 2
+    assert load_latent_model(tmp_path / "model", device="cpu").latent_shape == (8, 4, 4)

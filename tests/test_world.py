@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import replace
 from pathlib import Path
@@ -310,3 +311,40 @@ def test_training_resumes_exactly_from_its_safetensors_checkpoint(tmp_path, monk
     save_file({"x": torch.zeros(1)}, str(old / "last.safetensors"))
     with pytest.raises(SystemExit, match="older trainer"):
         run(old)
+
+
+def test_sampler_shares_every_batch_among_processes_by_whole_groups() -> None:
+    ds = WorldDataset(None, seed=0, group_size=4, length=64)
+    one = list(HardNegativeBatchSampler(ds, 16))
+    two = [list(HardNegativeBatchSampler(ds, 16, rank=r, world=2)) for r in (0, 1)]
+    assert [a + b for a, b in zip(*two)] == one and all(len(b) == 8 and b[0] % 4 == 0 for b in two[1])
+    with pytest.raises(ValueError, match="times the processes"):
+        HardNegativeBatchSampler(ds, 12, world=2)
+
+
+def test_two_processes_train_one_model_on_the_whole_batch(tmp_path) -> None:
+    """torchrun with 2 CPU processes (accelerate's DDP, gloo): one run, one checkpoint and final weights written
+    once, the loss over the gathered batch; the same command continues from its checkpoint."""
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "world.train_clip", "--model", "world-guide", "--steps", "3", "--batch-size", "16",
+           "--warmup", "1", "--ckpt-every", "2", "--eval-every", "0", "--workers", "0", "--threads", "1",
+           "--out", str(out), "--final", str(out / "final.safetensors")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("2 process(es)") == 1 and done.stdout.count("done: 3 steps") == 1
+    facts = json.loads((out / "done.json").read_text())
+    assert facts["processes"] == 2 and facts["steps"] == 3
+    first = load_file(str(out / "final.safetensors"))
+    again = subprocess.run([*cmd[:cmd.index("--steps") + 1], "5", *cmd[cmd.index("--steps") + 2:], "--resume"],
+                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    assert again.returncode == 0 and "resumed from" in again.stdout and "done: 5 steps" in again.stdout
+    later = load_file(str(out / "final.safetensors"))
+    assert any(not torch.equal(v, later[k]) for k, v in first.items())  # two more steps were taken

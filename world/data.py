@@ -159,21 +159,27 @@ class HardNegativeBatchSampler(Sampler[list[int]]):
     """Batches made of whole hard-negative groups of a `WorldDataset`.
 
     Groups are already random scenes, so order only needs to be reproducible;
-    `start` skips batches already seen, which is how training resumes.
+    `start` skips batches already seen, which is how training resumes.  With
+    `world` > 1 processes, each gets its `rank`'s share of whole groups of every
+    batch, so together they see exactly the batches one process would.
     """
 
-    def __init__(self, dataset: WorldDataset, batch_size: int, start: int = 0) -> None:
-        if batch_size % dataset.group_size:
-            raise ValueError("batch_size must be a multiple of the dataset's group_size")
+    def __init__(self, dataset: WorldDataset, batch_size: int, start: int = 0, rank: int = 0,
+                 world: int = 1) -> None:
+        if batch_size % (dataset.group_size * world):
+            raise ValueError(f"batch_size {batch_size} must be a multiple of the group size ({dataset.group_size}) "
+                             f"times the processes ({world})")
         self.group_size = dataset.group_size
         self.groups_per_batch = batch_size // dataset.group_size
         self.n_batches = len(dataset) // batch_size
-        self.start = start
+        self.start, self.rank, self.world = start, rank, world
 
     def __len__(self) -> int:
         return self.n_batches - self.start
 
     def __iter__(self) -> Iterator[list[int]]:
         size = self.groups_per_batch * self.group_size
+        share = size // self.world
         for b in range(self.start, self.n_batches):
-            yield list(range(b * size, (b + 1) * size))
+            first = b * size + self.rank * share
+            yield list(range(first, first + share))

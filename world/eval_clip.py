@@ -162,8 +162,8 @@ def _segment(run_dir: Path) -> tuple[str, dict, dict]:
     if not args:
         return "(run directory not found)", args, done
     opts = ["model", "init", "steps", "batch_size", "lr", "warmup", "free_colour", "shade", "oversize", "rotate",
-            "noise", "vary", "easy", "easy_steps", "seed", "max_minutes", "threads"]
-    unset = {k: ("0",) for k in ("easy_steps", "max_minutes")}
+            "noise", "vary", "easy", "easy_steps", "seed", "max_minutes", "threads", "workers"]
+    unset = {k: ("0",) for k in ("easy_steps", "max_minutes")} | {"workers": ("1",)}  # 1 is the default
     parts = [f"--{k.replace('_', '-')} {args[k]}" for k in opts
              if k in args and args[k] not in (None, "None", "", "0.0", *unset.get(k, ()))]
     return "python -m world.train_clip " + " ".join(parts) + f" --out {run_dir}", args, done
@@ -247,7 +247,7 @@ training: {held}.
 
 Loss: `open_clip.loss.ClipLoss`; AdamW (wd 0.1, none on embeddings, gains,
 biases), warmup then cosine decay, also annealed by a wall-clock budget.{chain}
-CPU time counts the training process and its data worker.
+CPU time counts the training process and its data worker, where it has one.
 
 {training}
 

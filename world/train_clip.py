@@ -2,12 +2,23 @@
 
     python -m world.train_clip --model world-guide --steps 6000 --seed 0 --out runs/world-guide
     python -m world.train_clip ... --resume          # continue from <out>/last.*
+    torchrun --nproc_per_node 2 -m world.train_clip ... --threads 1 --workers 0   # 2 CPU processes
+    accelerate launch --multi_gpu -m world.train_clip ...                         # several GPUs
 
 Data are rendered on the fly (item i is a function of seed and i), so resuming
 only needs the weights, the optimiser state and the step.  A checkpoint is one
 safetensors file, <out>/last.safetensors: model and optimiser tensors, the
 step and the clocks in its metadata (no pickle).  The final weights go to
 world/models/<model>.safetensors in fp16 with exactly `model.state_dict()` keys.
+
+Processes go through accelerate (DDP): each renders its share of every batch's
+hard-negative groups, and ClipLoss gathers the features of all of them with
+their gradients, so the loss is the one over the whole batch, as in one process.
+The processes are for GPUs and machines with more cores: on these 2 CPU
+cores, two one-thread processes trained the judge at 2.41 batch-64 steps/s
+against 2.56 for one process with two threads (250 steps each).  On a CPU
+machine torchrun starts the processes (accelerate's own launcher started one
+here) and accelerate runs them.
 """
 
 from __future__ import annotations
@@ -27,7 +38,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from guidance.runs import load_training_checkpoint, save_training_checkpoint
+from guidance.runs import load_training_checkpoint, save_training_checkpoint, training_accelerator
 from world.data import HardNegativeBatchSampler, WorldDataset
 from world.scene import MAX_SHADE
 
@@ -110,7 +121,7 @@ def make_optimizer(model: torch.nn.Module, lr: float, wd: float, fused: bool = T
 
 
 def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, loss_fn: ClipLoss, images: torch.Tensor,
-               tokens: torch.Tensor, channels_last: bool = True) -> torch.Tensor:
+               tokens: torch.Tensor, channels_last: bool = True, accelerator=None) -> torch.Tensor:
     """One ClipLoss step (clipped gradients, logit scale kept <= 100); returns the loss.
 
     `channels_last` lays out the images as CPU convolutions run fastest; the weights keep the usual layout,
@@ -122,11 +133,16 @@ def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, loss_fn: Clip
     img_f, txt_f, scale = model(images, tokens)[:3]
     loss = loss_fn(img_f, txt_f, scale)
     opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    if accelerator is None:
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    else:  # DDP averages the gradients of the processes
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
     with torch.no_grad():
-        model.logit_scale.clamp_(0, math.log(100))
+        bare = accelerator.unwrap_model(model) if accelerator is not None else model
+        bare.logit_scale.clamp_(0, math.log(100))
     return loss.detach()
 
 
@@ -171,6 +187,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="steps over which the easy fraction falls linearly to 0 (0 = constant)")
     a = p.parse_args(argv)
 
+    acc = training_accelerator()
+    main_proc, world = acc.is_main_process, acc.num_processes
     out = a.out or Path("runs") / a.model
     out.mkdir(parents=True, exist_ok=True)
     final = a.final or MODELS_DIR / f"{a.model}.safetensors"
@@ -189,51 +207,71 @@ def main(argv: list[str] | None = None) -> None:
     if resuming:
         step, elapsed, cpu0 = _load_checkpoint(out, model, opt)
         print(f"resumed from {out} at step {step}", flush=True)
-    (out / "args.json").write_text(json.dumps({k: str(v) for k, v in vars(a).items()}, indent=1))
+    if main_proc:
+        (out / "args.json").write_text(json.dumps({k: str(v) for k, v in vars(a).items()} | {"processes": world},
+                                                  indent=1))
+    model, opt = acc.prepare(model, opt)
+    bare = acc.unwrap_model(model)
 
     ds = WorldDataset(tokenizer, seed=a.seed, group_size=a.group_size,
                       length=(a.steps + 1) * a.batch_size, free_colour=a.free_colour,
                       noise=a.noise, vary_weights=parse_weights(a.vary), easy=a.easy, shade=a.shade,
                       oversize=a.oversize, rotate=a.rotate, easy_groups=a.easy_steps * a.batch_size // a.group_size)
-    loader = DataLoader(ds, batch_sampler=HardNegativeBatchSampler(ds, a.batch_size, start=step),
-                        num_workers=a.workers, worker_init_fn=_worker_init,
+    sampler = HardNegativeBatchSampler(ds, a.batch_size, start=step, rank=acc.process_index, world=world)
+    loader = DataLoader(ds, batch_sampler=sampler, num_workers=a.workers, worker_init_fn=_worker_init,
                         persistent_workers=False, prefetch_factor=4 if a.workers else None)
-    loss_fn = ClipLoss()
-    print(f"{a.model}: {n_params / 1e6:.2f} M params, steps {step}->{a.steps}", flush=True)
+    # with several processes: the loss over the whole batch (features gathered with their gradients)
+    loss_fn = ClipLoss(gather_with_grad=world > 1, rank=acc.process_index, world_size=world)
+    if main_proc:
+        print(f"{a.model}: {n_params / 1e6:.2f} M params, steps {step}->{a.steps}, {world} process(es)", flush=True)
     model.train()
-    bar = tqdm(total=a.steps, initial=step, desc=a.model, mininterval=5, dynamic_ncols=True)
+    bar = tqdm(total=a.steps, initial=step, desc=a.model, mininterval=5, dynamic_ncols=True, disable=not main_proc)
     t0, ema = time.time() - elapsed, None
+
+    def total_cpu() -> float:
+        """CPU seconds of every process so far (a collective: all processes call it at the same step)."""
+        mine = torch.tensor([cpu_seconds()], dtype=torch.float64, device=acc.device)
+        return cpu0 + float(acc.reduce(mine, "sum") if world > 1 else mine)
+
     for images, tokens in loader:
         budget = (time.time() - t0) / 60 / a.max_minutes if a.max_minutes else 0.0
+        if world > 1:  # one clock for all: the same schedule and the same last step everywhere
+            budget = float(acc.reduce(torch.tensor([budget], device=acc.device), "max"))
         if step >= a.steps or budget >= 1.0:
             break
         for group in opt.param_groups:
             group["lr"] = lr_at(step, a.steps, a.lr, a.warmup, budget)
-        loss = train_step(model, opt, loss_fn, images, tokens)
+        loss = train_step(model, opt, loss_fn, images.to(acc.device), tokens.to(acc.device), accelerator=acc)
         step += 1
         ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
         bar.update(1)
-        bar.set_postfix(loss=f"{ema:.3f}", scale=f"{model.logit_scale.exp().item():.1f}")
+        bar.set_postfix(loss=f"{ema:.3f}", scale=f"{bare.logit_scale.exp().item():.1f}")
         if step % a.ckpt_every == 0 or step == a.steps:
-            _save_checkpoint(out, model, opt, step, time.time() - t0, cpu0 + cpu_seconds())
+            cpu = total_cpu()
+            if main_proc:
+                _save_checkpoint(out, bare, opt, step, time.time() - t0, cpu)
         if a.eval_every and (step % a.eval_every == 0 or step == a.steps):
-            from world.eval_clip import evaluate
-            model.eval()
-            res = evaluate(model, tokenizer, n_scenes=128, n_retrieval=128)
-            model.train()
-            msg = " ".join(f"{k}={v:.3f}" for k, v in res.items())
-            print(f"\n[step {step} {(time.time() - t0) / 60:.1f} min] loss {ema:.3f} {msg}", flush=True)
-            with open(out / "evals.jsonl", "a") as f:
-                f.write(json.dumps({"step": step, "minutes": (time.time() - t0) / 60, **res}) + "\n")
+            if main_proc:
+                from world.eval_clip import evaluate
+                bare.eval()
+                res = evaluate(bare, tokenizer, n_scenes=128, n_retrieval=128)
+                bare.train()
+                msg = " ".join(f"{k}={v:.3f}" for k, v in res.items())
+                print(f"\n[step {step} {(time.time() - t0) / 60:.1f} min] loss {ema:.3f} {msg}", flush=True)
+                with open(out / "evals.jsonl", "a") as f:
+                    f.write(json.dumps({"step": step, "minutes": (time.time() - t0) / 60, **res}) + "\n")
+            acc.wait_for_everyone()
     bar.close()
-    _save_checkpoint(out, model, opt, step, time.time() - t0, cpu0 + cpu_seconds())
+    cpu = total_cpu()
     minutes = (time.time() - t0) / 60
-    save_fp16(model, final)
-    cpu_min = (cpu0 + cpu_seconds()) / 60
-    (out / "done.json").write_text(json.dumps({"steps": step, "minutes": minutes, "cpu_minutes": cpu_min,
-                                               "params": n_params}))
-    print(f"done: {step} steps in {minutes:.1f} min -> {final} ({final.stat().st_size / 1e6:.1f} MB)",
-          flush=True)
+    if main_proc:
+        _save_checkpoint(out, bare, opt, step, time.time() - t0, cpu)
+        save_fp16(bare, final)
+        (out / "done.json").write_text(json.dumps({"steps": step, "minutes": minutes, "cpu_minutes": cpu / 60,
+                                                   "params": n_params, "processes": world}))
+        print(f"done: {step} steps in {minutes:.1f} min -> {final} ({final.stat().st_size / 1e6:.1f} MB)",
+              flush=True)
+    acc.end_training()
 
 
 if __name__ == "__main__":

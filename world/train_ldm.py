@@ -2,6 +2,7 @@
 
     python -m world.train_ldm --out runs/world-ldm --model-out world/models/world-ldm [--resume]
     accelerate launch --multi_gpu -m world.train_ldm ...   # several GPUs: each process renders its own share
+    torchrun --standalone --nproc_per_node 2 -m world.train_ldm ... --threads 1   # several CPU processes
 
 Stage 1, the VAE (diffusers' AutoencoderKL, 32 px, a 8 x 4 x 4 latent): the ELBO with a Gaussian likelihood
 (sigma 0.1 on [-1, 1] pixels) on rendered training scenes, AdamW, cosine learning rate.  Stage 2, the prior
@@ -11,8 +12,8 @@ posterior samples, on diffusers' cosine schedule (``squaredcos_cap_v2``, 1,000 s
 which are what ships.  Both stages checkpoint to <out> (safetensors, optimiser included) and resume exactly:
 every random draw of step i comes from a generator seeded by (seed, stage, i).  The result is one folder of
 diffusers components (``generators.diffusion.latent_model``), fp16.  Devices and processes go through
-accelerate (prepare, backward, gradient clipping); only the one-process path has been run here (no GPU, and
-``torchrun`` on CPU gave each process a one-process state).
+accelerate (prepare, backward, gradient clipping): on a CPU machine ``torchrun --standalone --nproc_per_node N
+-m world.train_ldm ...`` runs N data-parallel processes (tested with 2); several GPUs are untested here.
 
 With ``--condition CLIP`` the prior is text-conditioned (the latent diffusion / unCLIP decoder recipe at this
 scale): it reads that CLIP's unit embedding of each scene's caption, and a share ``--drop-caption`` of every
@@ -31,7 +32,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from guidance.runs import load_training_checkpoint, save_training_checkpoint
+from guidance.runs import load_training_checkpoint, save_training_checkpoint, training_accelerator
 from world.data import WorldDataset, seeded
 from world.train_clip import cpu_seconds, lr_at
 
@@ -216,8 +217,6 @@ def train_prior(acc, vae, out: Path, steps: int, batch: int, lr: float, n_scenes
 
 
 def main(argv: list[str] | None = None) -> None:
-    from accelerate import Accelerator
-
     from generators.diffusion.latent_model import save_latent_model
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -245,7 +244,7 @@ def main(argv: list[str] | None = None) -> None:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     if a.threads:
         torch.set_num_threads(a.threads)
-    acc = Accelerator()
+    acc = training_accelerator()
     a.out.mkdir(parents=True, exist_ok=True)
     if acc.is_main_process:
         (a.out / "args.json").write_text(json.dumps({k: str(v) for k, v in vars(a).items()}, indent=1))
