@@ -172,25 +172,48 @@ def saturated(images: torch.Tensor, frac: float = 0.15) -> torch.Tensor:
     return spread >= spread.flatten(1).quantile(1 - frac, dim=1).view(-1, 1, 1)
 
 
-def test_diffusion_draws_a_red_object_on_a_background_the_judge_calls_a_red_circle(guide, judge):
-    """The default run: eight samples of the world latent diffusion model guided toward "a red circle" (the
-    method's defaults, seed 0). Unlike the pixel method's red field, each hit is one red object on a world
-    background, so red fills a small share of the frame; the same seed unguided is some other scene. Measured at
-    this seed on 2 threads: 8 of 8 first (28 of 32 over seeds 0 to 3; the misses are pink or purple blobs on
-    busy grounds)."""
-    r = clip_guided_diffusion(clip=guide, prompt="a red circle", batch=8, seed=0, progress=False)
-    plain = clip_guided_diffusion(guidance_scale=0.0, recurrence=1, batch=8, seed=0, progress=False)
+def assert_red_objects_the_judge_calls_red_circles(judge, images: torch.Tensor, baseline: torch.Tensor,
+                                                   at_least: int) -> None:
+    """At least `at_least` images are red circles by three tests at once: the judge ranks "a red circle" first,
+    the figure (the most saturated pixels) is mostly red in hue, and red covers 2 to 30 % of the frame (one
+    object on a ground, not a red field); the same seed without text or guidance is some other scene."""
     k = ONE_OBJECT.index("a red circle")
-    before, after = judge.caption_probabilities(plain.images, ONE_OBJECT), judge.caption_probabilities(r.images,
-                                                                                                      ONE_OBJECT)
+    before, after = judge.caption_probabilities(baseline, ONE_OBJECT), judge.caption_probabilities(images, ONE_OBJECT)
     assert before[:, k].max() < 0.05, before[:, k]
-    hits = [i for i, p in enumerate(after) if int(p.argmax()) == k]
-    assert len(hits) >= 6, after.argmax(1)
-    red, figure = red_hued(r.images[hits]), saturated(r.images[hits])
+    red, figure = red_hued(images), saturated(images)
     red_figure = (red & figure).flatten(1).sum(1) / figure.flatten(1).sum(1)
-    assert (red_figure > 0.5).all(), red_figure  # the figure is red
     share = red.float().mean((1, 2))
-    assert ((share > 0.02) & (share < 0.3)).all(), share  # one object on a ground, not a red field
+    good = (after.argmax(1) == k) & (red_figure > 0.5) & (share > 0.02) & (share < 0.3)
+    assert int(good.sum()) >= at_least, (after.argmax(1), red_figure, share)
+
+
+@pytest.fixture(scope="module")
+def unconditioned_samples():
+    """The world diffusion model's own samples at seed 0: no CLIP guidance and no text."""
+    return clip_guided_diffusion(guidance_scale=0.0, recurrence=1, cfg_scale=0.0, batch=8, seed=0,
+                                 progress=False).images
+
+
+def test_diffusion_draws_a_red_object_on_a_background_the_judge_calls_a_red_circle(guide, judge,
+                                                                                    unconditioned_samples):
+    """The default run: eight samples of the text-conditioned world latent diffusion model toward "a red circle"
+    (classifier-free guidance 3 on the guide's text embedding, plus the guide's gradient; the method's defaults,
+    seed 0). Unlike the pixel method's red field, each hit is one red object on a world background, so red fills
+    a small share of the frame. Measured on 2 threads: 8 of 8 pass all three tests at this seed; the judge ranks
+    32 of 32 first over seeds 0 to 3 (28 of 32 with the unconditioned prior it replaced)."""
+    r = clip_guided_diffusion(clip=guide, prompt="a red circle", batch=8, seed=0, progress=False)
+    assert r.settings["text_conditioned"]
+    assert_red_objects_the_judge_calls_red_circles(judge, r.images, unconditioned_samples, at_least=6)
+
+
+def test_text_conditioned_diffusion_alone_draws_red_circles(judge, unconditioned_samples):
+    """Classifier-free guidance only (scale 6, no guiding CLIP gradient: 0.4 s for 8 images): the prior itself
+    draws what the caption says. Measured at seed 0: the judge ranks 8 of 8 first (30 of 32 over seeds 0 to 3),
+    5 of 8 pass all three tests (the others have a red ground or a figure of another colour); 0 unconditioned."""
+    r = clip_guided_diffusion(prompt="a red circle", guidance_scale=0.0, recurrence=1, cfg_scale=6.0, batch=8,
+                              seed=0, progress=False)
+    assert r.settings["clip"] is None and r.settings["text_conditioned"]
+    assert_red_objects_the_judge_calls_red_circles(judge, r.images, unconditioned_samples, at_least=4)
 
 
 def test_directional_edit_changes_colour_and_keeps_shape_and_place(guide, judge):
