@@ -128,8 +128,9 @@ def _diffusion_entry() -> Method:
         name="diffusion",
         title="Diffusion",
         family=_GENERATE_FAMILY,
-        description="Text to image with a diffusion model's prior: DDIM sampling of a latent diffusion model, "
-                    "steered at every step by the CLIP's gradient on the predicted clean image.",
+        description="Text to image with a diffusion model's prior: DDIM sampling of a latent diffusion model "
+                    "given the prompt (classifier-free guidance, for a text-conditioned model) and steered at "
+                    "every step by the CLIP's gradient on the predicted clean image.",
         settings_cls=DiffusionSettings,
         runner=run,
         controls={
