@@ -2,8 +2,8 @@
 
     python -m world.train_clip --model world-guide --steps 6000 --seed 0 --out runs/world-guide
     python -m world.train_clip ... --resume          # continue from <out>/last.*
-    torchrun --nproc_per_node 2 -m world.train_clip ... --threads 1 --workers 0   # 2 CPU processes
-    accelerate launch --multi_gpu -m world.train_clip ...                         # several GPUs
+    torchrun --standalone --nproc_per_node 2 -m world.train_clip ... --threads 1 --workers 0   # 2 CPU processes
+    accelerate launch --multi_gpu -m world.train_clip ...              # several GPUs (untested here)
 
 Data are rendered on the fly (item i is a function of seed and i), so resuming
 only needs the weights, the optimiser state and the step.  A checkpoint is one
