@@ -136,17 +136,17 @@ def encode_scenes(vae, n: int, device: torch.device) -> tuple[torch.Tensor, torc
 @torch.inference_mode()
 def caption_embeddings(clip_name: str, n: int, device: torch.device, pretrained: str | None = None
                        ) -> torch.Tensor:
-    """(n, D) unit text embeddings, by the CLIP `clip_name`, of the captions of the scenes `encode_scenes` encodes
-    (the same dataset and indices), for a text-conditioned prior."""
+    """(n, D) unit text embeddings on `device`, by the CLIP `clip_name`, of the captions of the scenes
+    `encode_scenes` encodes (the same dataset and indices), for a text-conditioned prior."""
     from guidance.clip import load_clip
 
     clip = load_clip(clip_name, pretrained, device=device)
     ds = WorldDataset(None, seed=PRIOR_SEED, size=SIZE, noise=0.0, normalized=False, group_size=1, length=n)
     captions = [ds.scene_and_caption(i)[1] for i in range(n)]
     unique = list(dict.fromkeys(captions))
-    table = torch.cat([clip.encode_text(unique[i:i + 512]) for i in range(0, len(unique), 512)]).cpu()
+    table = torch.cat([clip.encode_text(unique[i:i + 512]) for i in range(0, len(unique), 512)])
     where = {c: k for k, c in enumerate(unique)}
-    return table[torch.tensor([where[c] for c in captions])]
+    return table[torch.tensor([where[c] for c in captions], device=table.device)].to(device)
 
 
 def train_prior(acc, vae, out: Path, steps: int, batch: int, lr: float, n_scenes: int, seed: int, resume: bool,
