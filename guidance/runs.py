@@ -8,6 +8,7 @@ a run. A method hands `run_steps` a function doing one step; `run_steps` calls t
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -186,18 +187,27 @@ def load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
     opt.load_state_dict({"state": state, "param_groups": json.loads(groups)})
 
 
+def save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
+                      metadata: dict[str, str] | None = None) -> Path:
+    """`tensors` as safetensors at `path`, written to a hidden temporary file beside it and moved over it, so an
+    interrupted save never leaves a half file nor replaces a good one."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+    return path
+
+
 def save_training_checkpoint(path: Path, fmt: str, model: torch.nn.Module, opt: torch.optim.Optimizer,
                              meta: dict[str, str], extra: dict[str, torch.Tensor] | None = None) -> None:
     """Model, optimiser and `extra` tensors plus string metadata (``format`` = `fmt`) in one safetensors file,
     written beside `path` and moved over it, so an interrupted save never leaves a half checkpoint."""
-    from safetensors.torch import save_file
-
     opt_tensors, groups = optimizer_tensors(opt, "opt")
     tensors = {**{f"model.{k}": v for k, v in model.state_dict().items()}, **opt_tensors, **(extra or {})}
-    tmp = path.with_suffix(".tmp.safetensors")
-    save_file({k: v.detach().contiguous().cpu().clone() for k, v in tensors.items()}, str(tmp),
-              metadata={"format": fmt, **meta, "opt_groups": groups})
-    tmp.replace(path)
+    save_safetensors({k: v.detach().contiguous().cpu().clone() for k, v in tensors.items()}, path,
+                     {"format": fmt, **meta, "opt_groups": groups})
 
 
 def load_training_checkpoint(path: Path, fmt: str, model: torch.nn.Module, opt: torch.optim.Optimizer,

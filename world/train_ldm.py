@@ -29,10 +29,10 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from tqdm import tqdm
 
-from guidance.runs import load_training_checkpoint, save_training_checkpoint, training_accelerator
+from guidance.runs import load_training_checkpoint, save_safetensors, save_training_checkpoint, training_accelerator
 from world.data import WorldDataset, seeded
 from world.train_clip import cpu_seconds, lr_at
 
@@ -160,9 +160,7 @@ def train_prior(acc, vae, out: Path, steps: int, batch: int, lr: float, n_scenes
     latents = out / "latents.safetensors"
     if acc.is_main_process and not (resume and latents.exists()):
         mean, std = encode_scenes(vae, n_scenes, acc.device)
-        tmp = latents.with_suffix(".tmp.safetensors")
-        save_file({"mean": mean.contiguous(), "std": std.contiguous()}, str(tmp), metadata={"scenes": str(n_scenes)})
-        tmp.replace(latents)
+        save_safetensors({"mean": mean.contiguous(), "std": std.contiguous()}, latents, {"scenes": str(n_scenes)})
     acc.wait_for_everyone()
     data = load_file(str(latents))
     mean, std = data["mean"].to(acc.device), data["std"].to(acc.device)

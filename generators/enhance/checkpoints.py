@@ -20,10 +20,11 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import load_file, safe_open
 from torch import Tensor
 
 from guidance.errors import CheckpointError, WeightsNotFoundError
+from guidance.runs import save_safetensors
 
 from .network import EnhanceNet
 
@@ -141,10 +142,7 @@ def save_network(net: EnhanceNet, path: str | os.PathLike, metadata: Mapping[str
     meta = {"format": "clipkit.enhance.v1", "out_channels": str(net.out_channels), "padding_mode": net.padding_mode}
     meta.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()})
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata=meta)
-    os.replace(tmp, path)
-    return path
+    return save_safetensors(state, path, meta)
 
 
 def sha256(path: str | os.PathLike) -> str:

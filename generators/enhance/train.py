@@ -21,14 +21,14 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import load_file, safe_open
 from torch import Tensor
 from tqdm import tqdm
 
 from guidance.clip import ClipModel, get_clip, tiny_clip
 from guidance.errors import ParameterError
 from guidance.guide import Guide, PromptPairTerm
-from guidance.runs import load_optimizer, optimizer_tensors
+from guidance.runs import load_optimizer, optimizer_tensors, save_safetensors
 
 from . import checkpoints
 from .clip_lit import BacklitProbabilityTerm, TokenPromptPair, margin_ranking_loss, prompt_init_loss, separation
@@ -224,10 +224,7 @@ class Trainer:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         tensors, meta = self.state()
-        path = out / "checkpoint.safetensors"
-        tmp = out / ".checkpoint.safetensors.tmp"
-        save_file(tensors, str(tmp), metadata=meta)
-        os.replace(tmp, path)
+        path = save_safetensors(tensors, out / "checkpoint.safetensors", meta)
         checkpoints.save_network(self.net, out / "enhancement.safetensors",
                                  {"method": self.config.method, "step": self.step, "clip": self.config.clip})
         return path

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from generators.style.clipstyler import TEMPLATE_SETS, image_prior_tv, resize_long_side
 from generators.style.network import TextStylizer, load_network, save_network
@@ -41,6 +41,7 @@ from guidance.runs import (
     optimizer_tensors,
     resolve_settings,
     run_steps,
+    save_safetensors,
 )
 
 NETWORK_KIND = "text-stylizer"
@@ -183,11 +184,8 @@ def _save_state(out: Path, net: TextStylizer, opt: torch.optim.Optimizer, gen: t
     save_network(net, out, NETWORK_KIND, {**record, "step": step})
     tensors, groups = optimizer_tensors(opt, "opt")
     tensors["rng"] = gen.get_state()
-    path = _state_path(out)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata={"step": str(step), "record": json.dumps(record, default=str),
-                                           "opt_groups": groups})
-    os.replace(tmp, path)
+    save_safetensors(tensors, _state_path(out), {"step": str(step), "record": json.dumps(record, default=str),
+                                                 "opt_groups": groups})
 
 
 def _load_state(out: Path, net: TextStylizer, opt: torch.optim.Optimizer, gen: torch.Generator,

@@ -18,9 +18,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import load_file, safe_open
 
 from guidance.errors import CheckpointError
+from guidance.runs import save_safetensors
 
 
 def _conv_in_relu(cin: int, cout: int) -> list[nn.Module]:
@@ -168,13 +169,10 @@ def save_network(net: nn.Module, path: str | os.PathLike, kind: str, meta: dict[
     """safetensors with `kind`, the architecture config and the run's record as string metadata; atomic."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     config = getattr(net, "config", None) or {"ngf": getattr(net, "ngf", 16)}
     metadata = {"kind": kind, "config": json.dumps(config), "meta": json.dumps(meta, default=str)}
     state = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
-    save_file(state, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
-    return path
+    return save_safetensors(state, path, metadata)
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
