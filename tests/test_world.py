@@ -162,24 +162,6 @@ def test_curriculum_starts_easy_and_fades_to_the_full_world() -> None:
     assert sum(easy(held, g) for g in range(20)) <= 6  # evaluation data is never made easy
 
 
-def test_mixed_curriculum_starts_with_unrelated_scenes_and_fades_to_hard_negatives() -> None:
-    ds = WorldDataset(None, seed=0, group_size=4, length=4 * 400, mixed=1.0, mixed_groups=200)
-    plain = WorldDataset(None, seed=0, group_size=4, length=4 * 400)
-
-    def unrelated(data: WorldDataset, group: int) -> bool:
-        scenes, varied = data._group(group)
-        return not varied and len({s.objects[0].shape for s in scenes} | {s.bg_colour for s in scenes}) > 2
-
-    assert sum(unrelated(ds, g) for g in range(20)) >= 18  # p = 1 - g/200 > 0.9
-    assert sum(unrelated(ds, g) for g in range(200, 260)) == 0  # then only hard-negative groups
-    assert all(plain._group(g)[1] for g in range(60))  # without the option every group varies something
-    held = WorldDataset(None, seed=0, split="heldout", group_size=4, mixed=1.0, mixed_groups=200)
-    held0 = WorldDataset(None, seed=0, split="heldout", group_size=4)
-    assert all(held._group(g) == held0._group(g) for g in range(20))  # evaluation data never changes
-    with pytest.raises(ValueError, match="mixed"):
-        WorldDataset(None, mixed=1.5)
-
-
 def test_shades_vary_the_paint_but_keep_the_true_name() -> None:
     ds = WorldDataset(None, seed=0, group_size=4, length=4 * 300, shade=MAX_SHADE, normalized=False)
     objects = [o for i in range(4 * 300) for o in ds.scene_and_caption(i)[0].objects if o.rgb is None]

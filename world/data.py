@@ -64,12 +64,11 @@ class WorldDataset(Dataset):
                  noise: float = 0.02, normalized: bool = True, single_attribute: float = 0.5,
                  free_colour: float = 0.0, vary_weights: dict[str, float] | None = None,
                  easy: float = 0.0, easy_groups: int = 0, shade: float = 0.0, oversize: float = 0.0,
-                 rotate: float = 0.0, mixed: float = 0.0, mixed_groups: int = 0) -> None:
+                 rotate: float = 0.0) -> None:
         self.tokenizer, self.seed, self.split = tokenizer, seed, split
         check_shade(shade)  # here, not first inside a DataLoader worker
         self.free_colour, self.shade = free_colour, shade
-        for name, share in (("free_colour", free_colour), ("easy", easy), ("oversize", oversize), ("rotate", rotate),
-                            ("mixed", mixed)):
+        for name, share in (("free_colour", free_colour), ("easy", easy), ("oversize", oversize), ("rotate", rotate)):
             if not 0 <= share <= 1:
                 raise ValueError(f"{name}={share} must be a fraction of the groups, in [0, 1]")
         self.oversize = oversize  # share of training groups whose large single objects are drawn oversized
@@ -78,11 +77,6 @@ class WorldDataset(Dataset):
         # with probability easy * (1 - k / easy_groups), so shape is learned on clean
         # silhouettes before clutter; shape stayed near chance for 5,000 steps without it.
         self.easy, self.easy_groups = easy, easy_groups
-        # Diversity first: group k is, with probability mixed * (1 - k / mixed_groups), made of unrelated
-        # scenes instead of hard negatives.  A group of four near-copies is one scene's worth of image
-        # variety, and early on the towers need variety: a shape classifier on this tower, fed batches of
-        # such groups, stayed at chance for 500 steps where unrelated scenes taught it shape (measured).
-        self.mixed, self.mixed_groups = mixed, mixed_groups
         unknown = set(vary_weights or {}) - set(VARY_WEIGHTS)
         if unknown:
             raise ValueError(f"unknown hard-negative attributes {sorted(unknown)}; known: {sorted(VARY_WEIGHTS)}")
@@ -95,14 +89,9 @@ class WorldDataset(Dataset):
     def __len__(self) -> int:
         return self.length
 
-    @staticmethod
-    def _fading(share: float, group: int, groups: int) -> float:
-        """A curriculum share at `group`: `share` at the start, falling linearly to 0 at `groups` (0: constant)."""
-        return share * max(0.0, 1.0 - group / groups) if groups else share
-
-    def _base(self, group: int, g: torch.Generator) -> SceneSpec:
-        """A random scene of the group's curriculum, painted (off-palette or shaded) as the options ask."""
-        p_easy = self._fading(self.easy, group, self.easy_groups)
+    def _group(self, group: int) -> tuple[list[SceneSpec], frozenset[str]]:
+        g = seeded(self.seed, self.split, group)
+        p_easy = self.easy * max(0.0, 1.0 - group / self.easy_groups) if self.easy_groups else self.easy
         if self.split == "train" and p_easy > 0 and float(torch.rand((), generator=g)) < p_easy:
             base = replace(sample_scene(g, self.split, n_objects=1), background="plain", lighting="bright")
         else:
@@ -111,15 +100,6 @@ class WorldDataset(Dataset):
             base = replace(base, objects=tuple(free_colour(o, g) for o in base.objects))
         elif self.split == "train" and self.shade > 0:
             base = replace(base, objects=tuple(shaded(o, self.shade, g) for o in base.objects))
-        return base
-
-    def _group(self, group: int) -> tuple[list[SceneSpec], frozenset[str]]:
-        g = seeded(self.seed, self.split, group)
-        p_mixed = self._fading(self.mixed, group, self.mixed_groups)
-        # drawn only when asked for, so runs without it keep their exact data
-        if self.split == "train" and p_mixed > 0 and float(torch.rand((), generator=g)) < p_mixed:
-            return [self._base(group, g) for _ in range(self.group_size)], frozenset()
-        base = self._base(group, g)
         scenes, varied = [base], set()
         names = list(self.vary_weights)
         weights = torch.tensor([self.vary_weights[n] for n in names])

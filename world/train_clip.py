@@ -185,10 +185,6 @@ def main(argv: list[str] | None = None) -> None:
                    help="curriculum: starting fraction of groups built on easy scenes (one object, plain, bright)")
     p.add_argument("--easy-steps", type=int, default=0,
                    help="steps over which the easy fraction falls linearly to 0 (0 = constant)")
-    p.add_argument("--mixed", type=float, default=0.0,
-                   help="curriculum: starting fraction of groups of unrelated scenes instead of hard negatives")
-    p.add_argument("--mixed-steps", type=int, default=0,
-                   help="steps over which the mixed fraction falls linearly to 0 (0 = constant)")
     a = p.parse_args(argv)
 
     acc = training_accelerator()
@@ -220,8 +216,7 @@ def main(argv: list[str] | None = None) -> None:
     ds = WorldDataset(tokenizer, seed=a.seed, group_size=a.group_size,
                       length=(a.steps + 1) * a.batch_size, free_colour=a.free_colour,
                       noise=a.noise, vary_weights=parse_weights(a.vary), easy=a.easy, shade=a.shade,
-                      oversize=a.oversize, rotate=a.rotate, easy_groups=a.easy_steps * a.batch_size // a.group_size,
-                      mixed=a.mixed, mixed_groups=a.mixed_steps * a.batch_size // a.group_size)
+                      oversize=a.oversize, rotate=a.rotate, easy_groups=a.easy_steps * a.batch_size // a.group_size)
     sampler = HardNegativeBatchSampler(ds, a.batch_size, start=step, rank=acc.process_index, world=world)
     loader = DataLoader(ds, batch_sampler=sampler, num_workers=a.workers, worker_init_fn=_worker_init,
                         persistent_workers=False, prefetch_factor=4 if a.workers else None)
