@@ -34,11 +34,11 @@ from pathlib import Path
 import open_clip
 import torch
 from open_clip.loss import ClipLoss
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from guidance.runs import load_training_checkpoint, save_training_checkpoint, training_accelerator
+from guidance.runs import load_training_checkpoint, save_safetensors, save_training_checkpoint, training_accelerator
 from world.data import HardNegativeBatchSampler, WorldDataset
 from world.scene import MAX_SHADE
 
@@ -73,10 +73,11 @@ def lr_at(step: int, total: int, base: float, warmup: int, progress: float = 0.0
 
 
 def save_fp16(model: torch.nn.Module, path: Path) -> None:
-    """Write the state dict in fp16 safetensors (contiguous copies, no shared storage)."""
+    """Write the state dict in fp16 safetensors (contiguous copies, no shared storage), atomically: the
+    default target is the shipped weights, which an interrupted save must not leave half written."""
     path.parent.mkdir(parents=True, exist_ok=True)
     sd = {k: v.detach().to(torch.float16).contiguous().clone() for k, v in model.state_dict().items()}
-    save_file(sd, str(path), metadata={"format": "pt"})
+    save_safetensors(sd, path, {"format": "pt"})
 
 
 def cpu_seconds() -> float:

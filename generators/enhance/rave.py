@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import json
 
-    from safetensors.torch import save_file
+    from guidance.runs import save_safetensors
 
     from .data import UnpairedData
     from .train import load_guide_clip
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     words = [w.strip() for w in open(args.words, encoding="utf-8") if w.strip()] if args.words else None
     print(json.dumps({"threshold": rg.threshold, **nearest_prompts(clip, rg.vector, words, args.k)}, indent=1))
     if args.save:
-        save_file({k: v.contiguous() for k, v in rg.tensors().items()}, args.save, metadata={"clip": args.clip})
+        save_safetensors({k: v.contiguous() for k, v in rg.tensors().items()}, args.save, {"clip": args.clip})
     return 0
 
 

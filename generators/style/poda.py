@@ -175,10 +175,10 @@ class PinAugmenter:
     def save(self, path: str) -> None:
         import json
 
-        from safetensors.torch import save_file
+        from guidance.runs import save_safetensors
 
-        save_file(self.state_dict(), path, metadata={"prompts": json.dumps(sorted(self.banks)),
-                                                     "clip": self.clip.name, "layer": self.split.layer})
+        save_safetensors(self.state_dict(), path, {"prompts": json.dumps(sorted(self.banks)),
+                                                "clip": self.clip.name, "layer": self.split.layer})
 
     def load(self, path: str) -> PinAugmenter:
         import json
