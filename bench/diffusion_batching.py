@@ -11,18 +11,16 @@ batch 1 measured in the same run (world-ldm, world guide, the method's defaults 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from clipkit.guidance.clip import load_clip
+from clipkit.methods.diffusion.clip_guided_diffusion import clip_guided_diffusion
+from clipkit.methods.diffusion.latent_model import load_latent_model
 
-from generators.diffusion.clip_guided_diffusion import clip_guided_diffusion  # noqa: E402
-from generators.diffusion.latent_model import load_latent_model  # noqa: E402
-from guidance.clip import load_clip  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:

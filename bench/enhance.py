@@ -17,11 +17,9 @@ import time
 from pathlib import Path
 
 import torch
+from clipkit.methods.enhance.api import enhance_image_tensor, load_image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from generators.enhance import checkpoints  # noqa: E402
-from generators.enhance.api import enhance_image_tensor, load_image  # noqa: E402
+from clipkit.methods.enhance import checkpoints
 
 PHOTOS = checkpoints.REPO_ROOT.parent / "shared" / "images" / "backlit"
 # Mean output RGB of the authors' own inference code (clip-lit/enhancement_model.pth, full resolution).
@@ -75,10 +73,10 @@ def bench_training(clip_name: str, clip_weights: str | None, steps: int, size: i
     includes each method's set-up (RAVE: encoding both folders for r; CLIP-LIT: prompt initialisation and the
     margin refinements) and excludes evaluation. Target: subject luma >= start + target_frac * (well-lit - start).
     """
-    from generators.enhance.data import ImagePool, UnpairedData
-    from generators.enhance.metrics import luma
-    from generators.enhance.synthetic import synthetic_pairs
-    from generators.enhance.train import TrainConfig, Trainer, load_guide_clip
+    from clipkit.methods.enhance.data import ImagePool, UnpairedData
+    from clipkit.methods.enhance.metrics import luma
+    from clipkit.methods.enhance.synthetic import synthetic_pairs
+    from clipkit.methods.enhance.train import TrainConfig, Trainer, load_guide_clip
 
     clip = load_guide_clip(clip_name, clip_weights)
     a, b = synthetic_pairs(32, size + 16, seed=0), synthetic_pairs(32, size + 16, seed=1)

@@ -12,18 +12,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from guidance.augment import Cutouts  # noqa: E402
-from guidance.clip import load_clip  # noqa: E402
-from guidance.guide import Guide, PromptTerm  # noqa: E402
+from clipkit.guidance.augment import Cutouts
+from clipkit.guidance.clip import load_clip
+from clipkit.guidance.guide import Guide, PromptTerm
 
 
 def main() -> None:

@@ -19,15 +19,14 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from clipkit.guidance.clip import DEFAULT_MODEL, RANDOM, load_clip
+from clipkit.guidance.errors import WeightsNotFoundError
+from clipkit.guidance.images import as_tensor, load_image
+from clipkit.methods.style.clipstyler import ClipStylerSettings, clipstyler, resize_long_side
+from clipkit.methods.style.feedforward import TrainStylizerSettings, get_stylizer, stylize
+from clipkit.methods.style.network import TextStylizer
 
-from generators.style.clipstyler import ClipStylerSettings, clipstyler, resize_long_side  # noqa: E402
-from generators.style.feedforward import TrainStylizerSettings, get_stylizer, stylize  # noqa: E402
-from generators.style.network import TextStylizer  # noqa: E402
-from guidance.clip import DEFAULT_MODEL, RANDOM, load_clip  # noqa: E402
-from guidance.errors import WeightsNotFoundError  # noqa: E402
-from guidance.images import as_tensor, load_image  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 DEFAULT_IMAGE = ROOT.parent / "shared" / "images" / "content" / "boat.jpg"
 

@@ -1,6 +1,6 @@
 """What the feed-forward stylizer does to photos, as judged by the world judge (a CLIP that did not guide).
 
-    python bench/style_world_judge.py [--checkpoint generators/style/models/world-stylizer.safetensors]
+    python bench/style_world_judge.py [--checkpoint clipkit/methods/style/models/world-stylizer.safetensors]
 
 Every content photo is stylised for every prompt of the prompts file; the judge scores output and input at its
 64 px.  Prints per prompt the mean gain in cosine similarity to the prompt (output minus input, the baseline of
@@ -10,19 +10,17 @@ the same run) and how often the output's largest gain over all prompts is its ow
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from clipkit.guidance.clip import load_clip
+from clipkit.guidance.images import as_tensor, load_image
+from clipkit.methods.style.feedforward import SHIPPED_STYLIZER, stylize
 
-from generators.style.feedforward import SHIPPED_STYLIZER, stylize  # noqa: E402
-from guidance.clip import load_clip  # noqa: E402
-from guidance.images import as_tensor, load_image  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:

@@ -12,17 +12,13 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 from open_clip.loss import ClipLoss
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from world.data import HardNegativeBatchSampler, WorldDataset  # noqa: E402
-from world.train_clip import create, make_optimizer, train_step  # noqa: E402
+from clipkit.world.data import HardNegativeBatchSampler, WorldDataset
+from clipkit.world.train_clip import create, make_optimizer, train_step
 
 
 def main() -> None:

@@ -40,7 +40,7 @@ def main() -> None:
     env = {**os.environ, "CLIPKIT_USER_PRESETS": str(tmp / "presets"), "GRADIO_ANALYTICS_ENABLED": "False"}
     env.pop("CLIPKIT_TEST_MODELS", None)
     with open(tmp / "server.log", "w") as log:
-        server = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "serve", "--port", str(port),
+        server = subprocess.Popen([sys.executable, "-m", "clipkit", "serve", "--port", str(port),
                                    "--output-dir", str(tmp / "results")], cwd=ROOT, env=env, stdout=log,
                                   stderr=subprocess.STDOUT)
         try:

@@ -9,10 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from generators import api
-from generators.presets import PresetError
-from generators.registry import get_method, methods
-from guidance.errors import ParameterError, WeightsNotFoundError
+from clipkit import api
+from clipkit.guidance.errors import ParameterError, WeightsNotFoundError
+from clipkit.presets import PresetError
+from clipkit.registry import get_method, methods
 
 
 def test_same_preset_and_seed_give_the_same_image(fast_generate):
@@ -111,7 +111,7 @@ def test_registry_has_only_working_methods_and_reports_missing_weights(tmp_path)
 # ------------------------------------------------------------------------------------------- app logic
 gradio = pytest.importorskip("gradio")
 
-from ui.app import (  # noqa: E402
+from clipkit.ui.app import (  # noqa: E402
     ClipKitApp,
     build_app,
     mask_painter_value,
@@ -177,8 +177,8 @@ def test_run_stream_previews_then_saves_a_reproducible_png(tmp_path, fast_genera
 
 
 def test_a_batch_is_saved_image_by_image_and_previewed_as_one_sheet(tmp_path):
-    from guidance.images import load_image
-    from ui.app import batch_sheet
+    from clipkit.guidance.images import load_image
+    from clipkit.ui.app import batch_sheet
 
     app = ClipKitApp(test_models=True, output_dir=tmp_path)
     m = get_method("diffusion")
@@ -212,9 +212,10 @@ def test_cancel_before_start_and_errors_surface(tmp_path, fast_generate):
 
 
 def test_app_builds_one_tab_per_family_with_a_shared_run_slot(tmp_path, monkeypatch):
-    import generators.style.feedforward as ff
+    from clipkit.guidance import weights
 
-    monkeypatch.setattr(ff, "ROOT", tmp_path)  # the shipped stylizer is not found: its tab must say so
+    weights.shipped_dirs("stylizer")  # providers registered, then the shipped stylizer hidden: its tab must say so
+    monkeypatch.setitem(weights._SHIPPED, "stylizer", [])
     monkeypatch.chdir(tmp_path)
     demo = build_app(test_models=False, output_dir=tmp_path)
     labels = [b.label for b in demo.blocks.values() if type(b).__name__ == "Tab"]

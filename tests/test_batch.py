@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from app import main
-from generators import api
-from guidance.images import read_settings
+from clipkit import api
+from clipkit.cli import main
+from clipkit.guidance.images import read_settings
 
 FAST = ["--set", "steps=2", "--set", "size=32", "--set", "cutouts=2"]
 
@@ -96,7 +96,7 @@ def test_inputs_are_never_written_over(tmp_path, capsys):
 
 
 def test_image_batch_with_a_broken_file(tmp_path, capsys):
-    from generators.registry import get_method
+    from clipkit.registry import get_method
 
     if get_method("enhance").missing():
         pytest.skip("published CLIP-LIT weights are not on this machine")

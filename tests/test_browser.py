@@ -52,12 +52,12 @@ def _free_port() -> int:
 
 @pytest.fixture
 def server(tmp_path):
-    """`app.py serve --tiny` in a subprocess, on a free port, with its own output and preset folders."""
+    """`clipkit serve --tiny` in a subprocess, on a free port, with its own output and preset folders."""
     _require()
     port = _free_port()
     env = {**os.environ, "CLIPKIT_USER_PRESETS": str(tmp_path / "presets"), "GRADIO_ANALYTICS_ENABLED": "False"}
     log = open(tmp_path / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "serve", "--tiny", "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "clipkit", "serve", "--tiny", "--port", str(port),
                              "--output-dir", str(tmp_path / "results")], cwd=ROOT, env=env, stdout=log,
                             stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
@@ -92,7 +92,7 @@ def _shot(page, tmp_path: Path, name: str) -> Path:
 def test_app_in_headless_chromium(server):
     from playwright.sync_api import expect, sync_playwright
 
-    from guidance.images import read_settings
+    from clipkit.guidance.images import read_settings
 
     url, tmp_path = server
     with sync_playwright() as p:
@@ -140,6 +140,15 @@ def test_app_in_headless_chromium(server):
             dl.value.save_as(saved)
             s = read_settings(saved)["settings"]
             assert (s["method"], s["steps"], s["prompt"]) == ("generate", 3, "a yellow star on a dark blue background")
+
+            # send the result on: the Edit tab opens with it as its picture
+            page.locator("#generate-send-to input").click()
+            page.get_by_role("option", name="Edit (edit)").click()
+            page.locator("#generate-send").click()
+            expect(page.locator("#edit-image img")).to_be_visible()
+            expect(page.locator("#edit-run")).to_be_visible()
+            page.get_by_role("tab", name="Generate").click()
+            page.get_by_role("tab", name="Pixels").click()
 
             # cancel a long run: the partial result is kept and says so
             steps.fill("400")
@@ -195,7 +204,7 @@ def test_app_in_headless_chromium(server):
 
             # an edit made with a painted mask: opening its picture and loading its PNG puts the mask back on
             # the painter, and Run uses it
-            from generators import api
+            from clipkit import api
 
             picture = Image.new("RGB", (64, 48), (200, 40, 40))
             painted = Image.new("L", (64, 48), 0)

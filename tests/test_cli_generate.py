@@ -1,13 +1,13 @@
 """The generate command line: writes a PNG carrying its settings, refuses bad input with a message."""
 
-from app import main
-from guidance.images import read_settings
+from clipkit.cli import main
+from clipkit.guidance.images import read_settings
 
 
 def test_generate_cli_writes_png_with_settings(tmp_path, capsys):
     out = tmp_path / "red.png"
-    rc = main(["generate", "--prompt", "a red circle", "--steps", "2", "--size", "32", "--cutouts", "2",
-               "--seed", "7", "--model", "tiny-clip", "--clip-weights", "random", "--out", str(out)])
+    rc = main(["run", "generate", "--prompt", "a red circle", "--steps", "2", "--size", "32", "--cutouts", "2",
+               "--seed", "7", "--model", "tiny-clip", "--pretrained", "random", "--out", str(out)])
     assert rc == 0 and out.is_file()
     s = read_settings(out)["settings"]
     assert (s["method"], s["prompt"], s["seed"], s["steps"], s["model"]) == ("generate", "a red circle", 7, 2,
@@ -16,14 +16,14 @@ def test_generate_cli_writes_png_with_settings(tmp_path, capsys):
 
 
 def test_generate_cli_reports_errors_without_traceback(tmp_path, capsys):
-    rc = main(["generate", "--prompt", " ", "--model", "tiny-clip", "--clip-weights", "random",
+    rc = main(["run", "generate", "--prompt", " ", "--model", "tiny-clip", "--pretrained", "random",
                "--out", str(tmp_path / "x.png")])
     assert rc == 2
     err = capsys.readouterr().err
     assert err.startswith("error: empty prompt") and "Traceback" not in err
-    rc = main(["generate", "--model", "ViT-B-32", "--clip-weights", str(tmp_path / "missing.pt"),
+    rc = main(["run", "generate", "--model", "ViT-B-32", "--pretrained", str(tmp_path / "missing.pt"),
                "--out", str(tmp_path / "y.png")])
     assert rc == 2 and "missing.pt" in capsys.readouterr().err
-    rc = main(["generate", "--steps", "0", "--model", "tiny-clip", "--clip-weights", "random",
+    rc = main(["run", "generate", "--steps", "0", "--model", "tiny-clip", "--pretrained", "random",
                "--out", str(tmp_path / "z.png")])
     assert rc == 2 and "steps=0" in capsys.readouterr().err

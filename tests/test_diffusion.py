@@ -12,18 +12,18 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from generators import api
-from generators.diffusion.clip_guided_diffusion import DiffusionSettings, clip_guided_diffusion
-from generators.diffusion.denoiser import LatentDenoiser
-from generators.diffusion.latent_model import (
+from clipkit import api
+from clipkit.guidance.errors import CheckpointError, ModelNameError, ParameterError, PromptError, WeightsNotFoundError
+from clipkit.guidance.runs import CancelToken
+from clipkit.methods.diffusion.clip_guided_diffusion import DiffusionSettings, clip_guided_diffusion
+from clipkit.methods.diffusion.denoiser import LatentDenoiser
+from clipkit.methods.diffusion.latent_model import (
     LatentModel,
     load_latent_model,
     packaged_latent_models,
     resolve_latent_model,
     save_latent_model,
 )
-from guidance.errors import CheckpointError, ModelNameError, ParameterError, PromptError, WeightsNotFoundError
-from guidance.runs import CancelToken
 
 
 def tiny_parts(seed: int = 0):
@@ -166,18 +166,18 @@ def test_method_is_registered_for_every_surface():
 
 
 def test_cli_writes_each_image_of_a_batch_with_its_settings(tmp_path, tiny_folder, capsys):
-    from app import main
-    from guidance.images import read_settings
+    from clipkit.cli import main
+    from clipkit.guidance.images import read_settings
 
     out = tmp_path / "d.png"
-    rc = main(["diffusion", "--prompt", "a red circle", "--steps", "2", "--recurrence", "1", "--batch", "2",
+    rc = main(["run", "diffusion", "--prompt", "a red circle", "--steps", "2", "--recurrence", "1", "--batch", "2",
                "--size", "32", "--seed", "5", "--diffusion-model", str(tiny_folder), "--model", "tiny-clip",
                "--clip-weights", "random", "--out", str(out)])
     assert rc == 0
     for i in (1, 2):
         s = read_settings(tmp_path / f"d-{i}.png")["settings"]
         assert (s["method"], s["seed"], s["batch"], s["diffusion_model"]) == ("diffusion", 5, 2, str(tiny_folder))
-    rc = main(["diffusion", "--recurrence", "0", "--diffusion-model", str(tiny_folder), "--out", str(out)])
+    rc = main(["run", "diffusion", "--recurrence", "0", "--diffusion-model", str(tiny_folder), "--out", str(out)])
     assert rc == 2 and "recurrence=0" in capsys.readouterr().err
 
 
@@ -233,7 +233,7 @@ def test_classifier_free_guidance_follows_the_prompt_and_zero_ignores_it(tiny_te
 
 
 def test_trainer_makes_a_text_conditioned_prior(tmp_path):
-    import world.train_ldm as train
+    import clipkit.world.train_ldm as train
 
     train.main(["--out", str(tmp_path / "run"), "--model-out", str(tmp_path / "model"), "--vae-steps", "2",
                 "--vae-batch", "4", "--prior-steps", "3", "--prior-batch", "8", "--scenes", "24", "--every", "2",
@@ -245,7 +245,7 @@ def test_trainer_makes_a_text_conditioned_prior(tmp_path):
 
 def test_trainer_resumes_exactly(tmp_path, monkeypatch):
     """An interrupted run, resumed, ends with the same weights as one that ran straight through."""
-    import world.train_ldm as train
+    import clipkit.world.train_ldm as train
 
     args = ["--vae-steps", "3", "--vae-batch", "4", "--prior-steps", "4", "--prior-batch", "8", "--scenes", "40",
             "--every", "2", "--threads", "1"]
@@ -281,7 +281,7 @@ def test_trainer_runs_as_two_data_parallel_processes(tmp_path):
 
     root = Path(__file__).resolve().parents[1]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
-           "world.train_ldm", "--out", str(tmp_path / "run"), "--model-out", str(tmp_path / "model"),
+           "clipkit.world.train_ldm", "--out", str(tmp_path / "run"), "--model-out", str(tmp_path / "model"),
            "--vae-steps", "2", "--vae-batch", "4", "--prior-steps", "3", "--prior-batch", "8", "--scenes", "24",
            "--every", "2", "--threads", "1"]
     done = subprocess.run(cmd, cwd=root, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,

@@ -12,14 +12,16 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from generators.enhance import checkpoints
-from generators.enhance.api import enhance, enhance_image_tensor, enhance_pair, load_image
-from generators.enhance.cli import main as cli_main
-from generators.enhance.metrics import dark_region_gain, image_stats, luma
-from generators.enhance.network import EnhanceNet, apply_illumination, upsample_window
-from generators.enhance.tiling import illumination
-from guidance.images import pil_to_tensor, read_settings
+from clipkit.api import enhance
+from clipkit.commands.enhance import main as cli_main
+from clipkit.guidance.images import pil_to_tensor, read_settings
+from clipkit.methods.enhance import checkpoints
+from clipkit.methods.enhance.enhance import enhance_image_tensor, load_image
+from clipkit.methods.enhance.metrics import dark_region_gain, image_stats, luma
+from clipkit.methods.enhance.network import EnhanceNet, apply_illumination, upsample_window
+from clipkit.methods.enhance.tiling import illumination
 
+PRESETS = Path(checkpoints.__file__).parent / "presets"
 PHOTOS = checkpoints.REPO_ROOT.parent / "shared" / "images" / "backlit"
 PHOTO = PHOTOS / "110_51093502029_o.jpg"
 needs_weights = pytest.mark.skipif(
@@ -178,14 +180,15 @@ def test_strength_and_presets(photo_small):
              for s in (0.0, 0.5, 1.0, 1.5)]
     assert stats[0] == image_stats(photo_small)["luminance"]
     assert stats[0] < stats[1] < stats[2] < stats[3]
-    gentle, rec_g = enhance(photo_small, preset="gentle")
-    strong, rec_s = enhance(photo_small, preset="strong")
-    assert rec_g["after"]["luminance"] < rec_s["after"]["luminance"] and rec_g["preset"] == "enhance-gentle"
+    gentle = enhance(photo_small, preset="enhance-gentle")
+    strong = enhance(photo_small, preset="enhance-strong")
+    assert gentle.record["extras"]["after"]["luminance"] < strong.record["extras"]["after"]["luminance"]
+    assert gentle.settings["strength"] == 0.6
     for name in checkpoints.PUBLISHED:
-        preset = checkpoints.REPO_ROOT / "presets" / f"enhance-{name}.json"
+        preset = PRESETS / f"enhance-{name}.json"
         assert json.loads(preset.read_text())["settings"]["checkpoint"] == name
-    (before, after), rec = enhance_pair(photo_small, checkpoint="clip-lit")
-    assert before.size == after.size == (256, 192) and rec["size"] == [256, 192]
+    after = enhance(photo_small, checkpoint="clip-lit").image
+    assert after.size == (256, 192)
 
 
 @needs_weights
@@ -228,8 +231,8 @@ def test_folder_cli_resumes_and_never_touches_inputs(tmp_path, capsys):
     assert "same output" in capsys.readouterr().err
     assert not [p for p in dst.iterdir() if p.name.startswith(".")]  # no temporary files left
     assert cli_main(["--input", str(src), "--output", str(dst), "--preset",
-                     str(checkpoints.REPO_ROOT / "presets" / "generate-preview.json")]) == 2
-    assert "not enhance" in capsys.readouterr().err
+                     str(PRESETS.parents[1] / "image" / "presets" / "generate-preview.json")]) == 2
+    assert "not 'enhance'" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not os.environ.get("CLIPKIT_SLOW"), reason="full-resolution run (~1 min); set CLIPKIT_SLOW=1")

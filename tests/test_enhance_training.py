@@ -6,10 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from generators.enhance import checkpoints
-from generators.enhance.api import enhance_image_tensor
-from generators.enhance.clip_lit import (
+from clipkit.guidance.clip import load_clip, tiny_clip
+from clipkit.guidance.errors import CheckpointError, WeightsNotFoundError
+from clipkit.methods.enhance import checkpoints
+from clipkit.methods.enhance.clip_lit import (
     BacklitProbabilityTerm,
+    LatentPromptPair,
     TokenPromptPair,
     encode_token_embeddings,
     load_prompt_pair,
@@ -18,21 +20,19 @@ from generators.enhance.clip_lit import (
     separation,
     welllit_probability,
 )
-from generators.enhance.data import ImagePool, UnpairedData
-from generators.enhance.metrics import clip_welllit_score, luma, psnr, ssim
-from generators.enhance.rave import (
-    LatentPromptPair,
+from clipkit.methods.enhance.data import ImagePool, UnpairedData
+from clipkit.methods.enhance.enhance import enhance_image_tensor
+from clipkit.methods.enhance.metrics import clip_welllit_score, luma, psnr, ssim
+from clipkit.methods.enhance.rave import (
     ResidualGuidance,
     image_embeddings,
     nearest_prompts,
     shifted,
     vocabulary,
 )
-from generators.enhance.synthetic import synthetic_pairs, write_folders
-from generators.enhance.train import TrainConfig, Trainer
-from generators.enhance.train import main as train_main
-from guidance.clip import load_clip, tiny_clip
-from guidance.errors import CheckpointError, WeightsNotFoundError
+from clipkit.methods.enhance.synthetic import synthetic_pairs, write_folders
+from clipkit.methods.enhance.train import TrainConfig, Trainer
+from clipkit.methods.enhance.train import main as train_main
 
 
 @pytest.fixture(scope="module")

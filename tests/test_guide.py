@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from guidance.augment import Cutouts, PatchCrops
-from guidance.clip import tiny_clip
-from guidance.errors import ParameterError
-from guidance.guide import DirectionalTerm, Guide, PatchDirectionalTerm, PromptTerm, TVTerm
-from guidance.regions import composite
+from clipkit.guidance.augment import Cutouts, PatchCrops
+from clipkit.guidance.clip import tiny_clip
+from clipkit.guidance.errors import ParameterError
+from clipkit.guidance.guide import DirectionalTerm, Guide, PatchDirectionalTerm, PromptTerm, TVTerm
+from clipkit.guidance.regions import composite
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +107,7 @@ def test_guide_rejects_duplicate_names_and_absurd_weights(clip):
 
 
 def test_short_optimisation_lowers_the_loss(clip):
-    from generators.image.generate import generate
+    from clipkit.methods.image.generate import generate
 
     r = generate(clip=clip, prompt="a red circle", steps=25, size=32, cutouts=8, progress=False, lr=0.1)
     first = sum(h["prompt"] for h in r.history[:3]) / 3
@@ -116,7 +116,7 @@ def test_short_optimisation_lowers_the_loss(clip):
 
 
 def test_generate_is_reproducible_from_seed(clip):
-    from generators.image.generate import generate
+    from clipkit.methods.image.generate import generate
 
     kw = dict(clip=clip, prompt="a green square", steps=3, size=32, cutouts=4, progress=False)
     a, b, c = generate(seed=5, **kw), generate(seed=5, **kw), generate(seed=6, **kw)
@@ -126,8 +126,8 @@ def test_generate_is_reproducible_from_seed(clip):
 
 
 def test_cancel_stops_early_and_keeps_partial(clip):
-    from generators.image.generate import generate
-    from guidance.runs import CancelToken
+    from clipkit.guidance.runs import CancelToken
+    from clipkit.methods.image.generate import generate
 
     token = CancelToken()
     seen = []

@@ -4,11 +4,11 @@ import pytest
 import torch
 from PIL import Image
 
-from guidance.clip import load_clip, resolve_weights, tiny_clip
-from guidance.errors import CheckpointError, ImageError, ModelNameError, PromptError, WeightsNotFoundError
-from guidance.guide import Guide, PromptTerm
-from guidance.images import as_tensor, load_image, pil_to_tensor, read_settings, save_image
-from guidance.prompts import parse_prompts
+from clipkit.guidance.clip import load_clip, resolve_weights, tiny_clip
+from clipkit.guidance.errors import CheckpointError, ImageError, ModelNameError, PromptError, WeightsNotFoundError
+from clipkit.guidance.guide import Guide, PromptTerm
+from clipkit.guidance.images import as_tensor, load_image, pil_to_tensor, read_settings, save_image
+from clipkit.guidance.prompts import parse_prompts
 
 
 def test_missing_weight_file_names_it(tmp_path):
@@ -138,7 +138,7 @@ def test_png_carries_settings_and_inputs_are_protected(tmp_path):
 
 def test_published_tag_resolves_from_local_hf_cache(monkeypatch, tmp_path):
     """A checkpoint already in the Hugging Face cache is found offline, and the tag's settings travel with it."""
-    from guidance import clip as clip_mod
+    from clipkit.guidance import clip as clip_mod
 
     repo_dir = tmp_path / "models--timm--vit_base_patch32_clip_224.openai"
     snap = repo_dir / "snapshots" / "abc123"

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from guidance import losses
+from clipkit.guidance import losses
 
 
 def unit(*v):

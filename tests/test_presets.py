@@ -7,10 +7,9 @@ import re
 
 import pytest
 
-from generators import api
-from generators.presets import (
+from clipkit import api
+from clipkit.presets import (
     FORMAT,
-    PRESET_DIR,
     Preset,
     PresetError,
     list_presets,
@@ -18,8 +17,9 @@ from generators.presets import (
     make_preset,
     parse_preset,
     save_preset,
+    shipped_preset_dirs,
 )
-from generators.registry import methods
+from clipkit.registry import methods
 
 
 def doc(**settings) -> dict:
@@ -27,7 +27,7 @@ def doc(**settings) -> dict:
 
 
 def test_every_shipped_preset_is_valid_and_complete():
-    files = sorted(PRESET_DIR.glob("*.json"))
+    files = sorted(p for d in shipped_preset_dirs() for p in d.glob("*.json"))
     assert len(files) >= 10
     for path in files:
         p = load_preset(path)
@@ -123,16 +123,16 @@ def test_png_without_settings_is_refused(tmp_path):
 def test_cli_generate_applies_presets_and_reproduces_its_own_output(tmp_path):
     from PIL import Image
 
-    from app import main
-    from guidance.images import read_settings
+    from clipkit.cli import main
+    from clipkit.guidance.images import read_settings
 
     tiny = ["--model", "tiny-clip", "--clip-weights", "random", "--steps", "2", "--size", "32", "--cutouts", "2"]
     first = tmp_path / "first.png"
-    assert main(["generate", "--preset", "generate-preview", *tiny, "--out", str(first)]) == 0
+    assert main(["run", "generate", "--preset", "generate-preview", *tiny, "--out", str(first)]) == 0
     s = read_settings(first)["settings"]
     assert s["prompt"] == load_preset("generate-preview").settings["prompt"] and s["steps"] == 2
     again = tmp_path / "again.png"
-    assert main(["generate", "--preset", str(first), "--out", str(again)]) == 0
+    assert main(["run", "generate", "--preset", str(first), "--out", str(again)]) == 0
     assert Image.open(again).tobytes() == Image.open(first).tobytes()
     assert read_settings(again)["settings"] == s
 

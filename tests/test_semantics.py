@@ -10,13 +10,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from generators.diffusion.clip_guided_diffusion import clip_guided_diffusion
-from generators.image.edit import edit
-from generators.image.generate import generate
-from generators.image.pyramid import PyramidImage
-from guidance import losses
-from guidance.clip import load_clip
-from world.scene import (
+from clipkit.guidance import losses
+from clipkit.guidance.clip import load_clip
+from clipkit.methods.diffusion.clip_guided_diffusion import clip_guided_diffusion
+from clipkit.methods.image.edit import edit
+from clipkit.methods.image.generate import generate
+from clipkit.methods.image.pyramid import PyramidImage
+from clipkit.world.scene import (
     COLOURS,
     ONE_OBJECT_CAPTIONS,
     ObjectSpec,

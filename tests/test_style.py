@@ -8,14 +8,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from generators.style.clipstyler import ClipStylerSettings, apply_network, build_guide, clipstyler
-from generators.style.feedforward import stylize, train_stylizer
-from generators.style.network import StyleUNet, load_network
-from generators.style.poda import PinAugmenter, apply_pin, channel_stats, pin_loss, pin_statistics, poda
-from guidance import losses
-from guidance.clip import tiny_clip
-from guidance.errors import CheckpointError, ParameterError
-from guidance.features import ClipEarlyFeatures, ClipSplit
+from clipkit.guidance import losses
+from clipkit.guidance.clip import tiny_clip
+from clipkit.guidance.errors import CheckpointError, ParameterError
+from clipkit.guidance.features import ClipEarlyFeatures, ClipSplit
+from clipkit.methods.style.clipstyler import ClipStylerSettings, apply_network, build_guide, clipstyler
+from clipkit.methods.style.feedforward import stylize, train_stylizer
+from clipkit.methods.style.network import StyleUNet, load_network
+from clipkit.methods.style.poda import PinAugmenter, apply_pin, channel_stats, pin_loss, pin_statistics, poda
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = dict(size=64, crop_size=32, num_crops=8, progress=False)
@@ -215,7 +215,7 @@ def test_poda_preview_runs_and_records(clip):
 
 
 def test_split_is_exact_for_resnet_and_vit_towers(clip):
-    from guidance.clip import RANDOM, load_clip
+    from clipkit.guidance.clip import RANDOM, load_clip
 
     x = photo(18, 64, 80)
     for model in (clip, load_clip("world-guide", RANDOM, "cpu")):  # ViT (tiny) and ModifiedResNet (world)
@@ -231,29 +231,30 @@ def test_split_is_exact_for_resnet_and_vit_towers(clip):
 def test_style_presets_are_complete_and_shared_keys_carry_over():
     from dataclasses import fields
 
-    from generators.style import PodaSettings, StylizeSettings, list_presets, load_preset
-    from generators.style.presets import read_preset
+    from clipkit.commands.style import style_preset
+    from clipkit.methods.style.feedforward import StylizeSettings
+    from clipkit.methods.style.poda import PodaSettings
+    from clipkit.presets import list_presets
 
-    names = list_presets()
+    names = [p.name.removeprefix("style-") for p in list_presets("clipstyler")]
     assert len(names) >= 5
     for name in names:
-        method, values = read_preset(name)
-        assert method == "clipstyler"
+        values = style_preset(name, "clipstyler")
         assert set(values) == {f.name for f in fields(ClipStylerSettings)}  # every key written out
-        ClipStylerSettings(**load_preset(name)).validate()
-        ff = load_preset(name, "stylize")
+        ClipStylerSettings(**values).validate()
+        ff = style_preset(name, "stylize")
         assert set(ff) == {"prompt", "seed", "size"} and ff["prompt"] == values["prompt"]
         StylizeSettings(**ff).validate()
-        PodaSettings(**load_preset(name, "poda")).validate()  # no clipstyler lr/steps leak into PODA
+        PodaSettings(**style_preset(name, "poda")).validate()  # no clipstyler lr/steps leak into PODA
     with pytest.raises(ParameterError):
-        load_preset("no-such-style")
+        style_preset("no-such-style", "clipstyler")
 
 
 def test_content_network_uses_vgg19_only_when_its_weights_exist(clip, tmp_path, monkeypatch):
     from torchvision.models import vgg19
 
-    from guidance.errors import WeightsNotFoundError
-    from guidance.features import Vgg19ContentFeatures, content_network
+    from clipkit.guidance.errors import WeightsNotFoundError
+    from clipkit.guidance.features import Vgg19ContentFeatures, content_network
 
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))  # an empty cache: no VGG here
     assert isinstance(content_network(clip, "auto"), ClipEarlyFeatures)
@@ -275,9 +276,9 @@ def test_shipped_world_stylizer_does_what_the_prompt_says_as_the_judge_sees_it()
     """The stylizer in the repo, on a real photo: "a dark photo" darkens it and "a photo on a red background"
     makes it redder, and the world judge (which did not train it) moves toward each prompt.  (Red, not blue:
     the boat photo is mostly sky and water, which the judge already reads as a blue background.)"""
-    from generators.style.feedforward import SHIPPED_STYLIZER, resolve_checkpoint
-    from guidance.clip import load_clip
-    from guidance.images import as_tensor, load_image
+    from clipkit.guidance.clip import load_clip
+    from clipkit.guidance.images import as_tensor, load_image
+    from clipkit.methods.style.feedforward import SHIPPED_STYLIZER, resolve_checkpoint
 
     photo = ROOT.parent / "shared" / "images" / "content" / "boat.jpg"
     if not photo.is_file():

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from generators.style.cli import main
-from guidance.images import read_settings
+from clipkit.commands.style import main
+from clipkit.guidance.images import read_settings
 
 CONTENT = Path(__file__).resolve().parents[1].parent / "shared" / "images" / "content"
 PHOTOS = sorted(CONTENT.glob("*.jp*g"))[:3] if CONTENT.is_dir() else []

@@ -11,8 +11,8 @@ import open_clip
 import pytest
 import torch
 
-from world.data import HardNegativeBatchSampler, WorldDataset, seeded
-from world.scene import (
+from clipkit.world.data import HardNegativeBatchSampler, WorldDataset, seeded
+from clipkit.world.scene import (
     BACKGROUNDS,
     COLOURS,
     HELDOUT,
@@ -35,7 +35,7 @@ from world.scene import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-MODELS = ROOT / "world" / "models"
+MODELS = ROOT / "clipkit" / "world" / "models"
 
 
 def test_vocabularies_cover_the_issue() -> None:
@@ -78,7 +78,7 @@ def test_red_circle_is_red_where_the_circle_is() -> None:
 def test_windowed_drawing_matches_the_whole_frame_even_where_objects_leave_it() -> None:
     """Each object is drawn on a window around it only (a speed-up); against its signed distance evaluated on
     every pixel, large turned objects cut by the frame's edges come out the same."""
-    from world import scene as sc
+    from clipkit.world import scene as sc
 
     size = 48
     lin = (torch.arange(size, dtype=torch.float32) + 0.5) / size
@@ -235,7 +235,7 @@ def test_rotate_turns_whole_groups_by_one_angle_and_keeps_other_data() -> None:
 
 @pytest.fixture(scope="module")
 def world_registry() -> None:
-    from world.train_clip import register_configs
+    from clipkit.world.models import register_configs
     register_configs()
 
 
@@ -262,7 +262,7 @@ def test_committed_model_knows_colour_and_shape(world_registry, name: str) -> No
     weights = MODELS / f"{name}.safetensors"
     if not weights.exists():
         pytest.skip(f"{weights.name} not trained yet")
-    from world.eval_clip import scenes_for, zero_shot
+    from clipkit.world.eval_clip import scenes_for, zero_shot
     model, _, _ = open_clip.create_model_and_transforms(name, pretrained=str(weights))
     model.eval()
     tokenizer = open_clip.get_tokenizer(name)
@@ -280,7 +280,7 @@ def test_training_resumes_exactly_from_its_safetensors_checkpoint(tmp_path, monk
 
     from safetensors.torch import load_file
 
-    import world.train_clip as tc
+    import clipkit.world.train_clip as tc
 
     def run(out: Path) -> dict[str, torch.Tensor]:
         tc.main(["--model", "world-guide", "--steps", "4", "--batch-size", "8", "--warmup", "1", "--ckpt-every", "2",
@@ -333,7 +333,7 @@ def test_two_processes_train_one_model_on_the_whole_batch(tmp_path) -> None:
 
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "world.train_clip", "--model", "world-guide", "--steps", "3", "--batch-size", "16",
+           "-m", "clipkit.world.train_clip", "--model", "world-guide", "--steps", "3", "--batch-size", "16",
            "--warmup", "1", "--ckpt-every", "2", "--eval-every", "0", "--workers", "0", "--threads", "1",
            "--out", str(out), "--final", str(out / "final.safetensors")]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

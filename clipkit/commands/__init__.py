@@ -1,0 +1,1 @@
+"""Command-line commands beyond the generated ones: folder tools of the style and enhancement families."""

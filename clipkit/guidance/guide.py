@@ -1,0 +1,236 @@
+"""Guide: a weighted sum of named loss terms with one batched CLIP image pass per step.
+
+Each CLIP term names the view it wants (whole image, cutouts, patches). The guide builds every distinct
+view once, resizes them to the encoder's input, concatenates them (and the paired source images, when a
+directional term needs them) and encodes the lot in a single forward pass; each term then reads its rows.
+The result carries the scalar loss for backward and plain floats per term for progress display.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from clipkit.guidance import losses
+from clipkit.guidance.augment import Cutouts, PatchCrops
+from clipkit.guidance.clip import ClipModel
+from clipkit.guidance.errors import ParameterError
+from clipkit.guidance.images import check_images
+from clipkit.guidance.prompts import PLAIN_TEMPLATES, encode_prompt, encode_prompts, parse_prompts
+from clipkit.guidance.regions import focus, mask_box, prepare_mask
+
+View = Cutouts | PatchCrops | None
+
+
+@dataclass(eq=False)
+class Term:
+    """A named, weighted loss. `view` None means the whole image; `paired` terms also see source images."""
+
+    weight: float = 1.0
+    view: View = None
+    name: str = ""
+    uses_clip = True
+    paired = False
+
+    def setup(self, clip: ClipModel) -> None:
+        """Encode what the term needs from text once (the text cache makes repeats free)."""
+
+    def __call__(self, emb, src_emb, images: torch.Tensor, ctx: dict[str, Any]) -> torch.Tensor:
+        raise NotImplementedError
+
+
+@dataclass(eq=False)
+class PromptTerm(Term):
+    """Global loss toward weighted prompts ('a red circle:1 | blurry:-0.5'), averaged over views."""
+
+    prompts: Any = ""
+    templates: Sequence[str] = PLAIN_TEMPLATES
+    name: str = "prompt"
+
+    def setup(self, clip: ClipModel) -> None:
+        self.text_emb, self.text_w = encode_prompts(clip, parse_prompts(self.prompts), self.templates)
+
+    def __call__(self, emb, src_emb, images, ctx):
+        return losses.global_loss(emb, self.text_emb, self.text_w)
+
+
+@dataclass(eq=False)
+class DirectionalTerm(Term):
+    """StyleGAN-NADA / CLIPstyler direction: the image must move from its source as the text moves.
+
+    The source is a fixed image (`source_image`, e.g. CLIPstyler's content photo, encoded once, whole)
+    or the `source_images` passed each step (e.g. NADA's frozen generator), seen through the same views.
+    """
+
+    source_text: str = "a photo"
+    target_text: str = ""
+    templates: Sequence[str] = PLAIN_TEMPLATES
+    source_image: torch.Tensor | None = None
+    name: str = "directional"
+
+    @property
+    def paired(self) -> bool:  # type: ignore[override]
+        return self.source_image is None
+
+    def setup(self, clip: ClipModel) -> None:
+        self.src_text = encode_prompt(clip, self.source_text, self.templates)
+        self.tgt_text = encode_prompt(clip, self.target_text, self.templates)
+        self.src_fixed = None
+        if self.source_image is not None:
+            with torch.inference_mode():
+                self.src_fixed = clip.encode_image(check_images(self.source_image)).mean(0).clone()
+
+    def source(self, src_emb: torch.Tensor | None, ctx) -> torch.Tensor:
+        if self.src_fixed is not None:
+            return self.src_fixed
+        if src_emb is None:
+            raise ParameterError(f"term '{self.name}' needs source_images=... (or a fixed source_image)")
+        return src_emb
+
+    def __call__(self, emb, src_emb, images, ctx):
+        return losses.directional_loss(self.source(src_emb, ctx), emb, self.src_text, self.tgt_text)
+
+
+@dataclass(eq=False)
+class PatchDirectionalTerm(DirectionalTerm):
+    """CLIPstyler's patch-wise directional loss with threshold rejection of already-stylised patches."""
+
+    threshold: float = 0.7
+    view: View = field(default_factory=PatchCrops)
+    name: str = "patch"
+
+    def __call__(self, emb, src_emb, images, ctx):
+        loss, kept = losses.patch_directional_loss(
+            self.source(src_emb, ctx), emb, self.src_text, self.tgt_text, self.threshold
+        )
+        ctx.setdefault("stats", {})[f"{self.name}_kept"] = float(kept.float().mean())
+        return loss
+
+
+@dataclass(eq=False)
+class ResidualVectorTerm(Term):
+    """RAVE: push image embeddings along a residual vector r (e.g. mean well-lit - mean backlit)."""
+
+    vector: torch.Tensor | None = None
+    threshold: float = 1.0
+    name: str = "residual"
+
+    def __call__(self, emb, src_emb, images, ctx):
+        return losses.residual_vector_loss(emb, self.vector.to(emb), self.threshold)
+
+
+@dataclass(eq=False)
+class PromptPairTerm(Term):
+    """CLIP-LIT: make images score as the positive prompt of a (positive, negative) pair."""
+
+    positive: torch.Tensor | None = None
+    negative: torch.Tensor | None = None
+    logit_scale: float = 100.0
+    name: str = "prompt_pair"
+
+    def __call__(self, emb, src_emb, images, ctx):
+        return losses.prompt_pair_loss(emb, self.positive.to(emb), self.negative.to(emb), 0, self.logit_scale)
+
+
+@dataclass(eq=False)
+class TVTerm(Term):
+    """Total variation on the pixels (inside the mask, when there is one)."""
+
+    name: str = "tv"
+    uses_clip = False
+
+    def __call__(self, emb, src_emb, images, ctx):
+        return losses.tv_loss(images, ctx.get("mask"))
+
+
+@dataclass(eq=False)
+class LatentL2Term(Term):
+    """Keeps a latent near its start: pass latent=... and latent_ref=... to the guide call."""
+
+    name: str = "latent_l2"
+    uses_clip = False
+
+    def __call__(self, emb, src_emb, images, ctx):
+        if "latent" not in ctx or "latent_ref" not in ctx:
+            raise ParameterError("term 'latent_l2' needs latent=... and latent_ref=... in the guide call")
+        return losses.latent_l2(ctx["latent"], ctx["latent_ref"])
+
+
+@dataclass
+class GuideOutput:
+    loss: torch.Tensor
+    values: dict[str, float]
+
+
+class Guide:
+    """Combine terms; call it on images (B, 3, H, W) in [0, 1] each step, backward the returned loss."""
+
+    def __init__(
+        self,
+        clip: ClipModel,
+        terms: Sequence[Term],
+        mask: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        if not terms:
+            raise ParameterError("a Guide needs at least one term")
+        names = [t.name for t in terms]
+        if len(set(names)) != len(names):
+            raise ParameterError(f"term names must be unique, got {names}")
+        for t in terms:
+            if not (abs(t.weight) < 1e7):
+                raise ParameterError(f"weight {t.weight} of term '{t.name}' is out of range")
+            t.setup(clip)
+        self.clip, self.terms, self.mask = clip, list(terms), mask
+        self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
+
+    def encode_views(self, images: torch.Tensor, source: torch.Tensor | None, region) -> dict[int, tuple]:
+        """Build each distinct view once and encode all of them in one forward pass."""
+        views: dict[int, View] = {}
+        for t in self.terms:
+            if t.uses_clip:
+                views.setdefault(id(t.view), t.view)
+        x = images if source is None else torch.cat([images, source])
+        size = self.clip.image_size
+        batches, counts = [], []
+        for view in views.values():
+            v = view(x, size, self.generator, region) if view is not None else x
+            if v.shape[-1] != size or v.shape[-2] != size:
+                v = F.interpolate(v, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
+            batches.append(v)
+            counts.append(v.shape[0])
+        if not batches:
+            return {}
+        emb = self.clip.encode_image(torch.cat(batches))
+        out = {}
+        b = x.shape[0]
+        for key, chunk in zip(views, emb.split(counts)):
+            chunk = chunk.view(b, -1, chunk.shape[-1])
+            out[key] = (chunk[: images.shape[0]], chunk[images.shape[0]:] if source is not None else None)
+        return out
+
+    def __call__(self, images: torch.Tensor, **ctx: Any) -> GuideOutput:
+        check_images(images)
+        mask = prepare_mask(self.mask, images) if self.mask is not None else None
+        ctx["mask"] = mask
+        source = ctx.get("source_images")
+        if source is not None:
+            source = focus(check_images(source, "source_images").to(images), mask)
+        elif any(t.uses_clip and t.paired for t in self.terms):
+            raise ParameterError("a paired directional term needs source_images=... in the guide call")
+        region = mask_box(mask) if mask is not None else None
+        embs = self.encode_views(focus(images, mask), source, region)
+        total = images.new_zeros(())
+        values: dict[str, float] = {}
+        for t in self.terms:
+            emb, src = embs.get(id(t.view), (None, None)) if t.uses_clip else (None, None)
+            value = t(emb, src, images, ctx)
+            total = total + t.weight * value
+            values[t.name] = float(value.detach())
+        values.update(ctx.get("stats", {}))
+        values["loss"] = float(total.detach())
+        return GuideOutput(total, values)

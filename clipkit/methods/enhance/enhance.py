@@ -1,0 +1,165 @@
+"""Backlit enhancement: a trained illumination network (CLIP-LIT / RAVE, published or the project's own) applied
+to a photo at full size, tiled where large, with a record of what was done (weights hash, timings, brightness
+statistics before/after). ``enhance`` is the method; ``enhance_image_tensor`` the tensor-level core.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageOps
+from torch import Tensor
+
+from clipkit.guidance import images
+from clipkit.guidance.clip import default_device
+from clipkit.guidance.errors import ParameterError
+from clipkit.guidance.runs import CancelToken, RunResult, StepCallback, StepInfo, resolve_settings
+
+from . import checkpoints
+from .metrics import dark_region_gain, image_stats
+from .network import EnhanceNet
+from .tiling import enhance_tensor
+
+AUTO_TILE = 1024  # core size used by tile="auto"
+AUTO_TILE_PIXELS = 2_000_000  # "auto" tiles images larger than this, bounding memory at ~2 GB
+
+
+@dataclass
+class EnhanceSettings:
+    """Backlit enhancement: which trained illumination network, and how strongly to apply it."""
+
+    checkpoint: str = "clip-lit"
+    strength: float = 1.0
+    tile: int = 0  # core size of tiles in pixels; 0 = automatic (tiles only images above ~2 MP)
+
+    def validate(self) -> EnhanceSettings:
+        if not 0 <= self.strength <= 4:
+            raise ParameterError(f"strength={self.strength} must be in [0, 4]")
+        if self.tile != 0 and not 64 <= self.tile <= 8192:
+            raise ParameterError(f"tile={self.tile} must be 0 (automatic) or in 64..8192")
+        if not self.checkpoint:
+            raise ParameterError("checkpoint must name a published network (e.g. 'clip-lit') or a file")
+        return self
+
+
+def load_image(path: str | os.PathLike, exif: bool = True) -> Tensor:
+    """(1, 3, H, W) float32 in [0, 1], decoded as the authors' inference does (uint8 / 255).
+
+    ``exif`` applies the camera's orientation tag (the authors' code ignores it; it changes nothing for images
+    without one). Grey, palette and alpha images are converted by ``guidance.images.load_image``.
+    """
+    im = images.load_image(path)
+    return images.pil_to_tensor(ImageOps.exif_transpose(im) if exif else im)
+
+
+def as_tensor(image: Image.Image | Tensor | str | os.PathLike) -> Tensor:
+    """Any accepted image input -> (B, 3, H, W) float tensor in [0, 1]."""
+    if isinstance(image, (str, os.PathLike)):
+        return load_image(image)
+    if isinstance(image, Image.Image):
+        return images.pil_to_tensor(ImageOps.exif_transpose(image).convert("RGB"))
+    if image.ndim == 3:
+        image = image[None]
+    if image.ndim != 4 or image.shape[1] != 3:
+        raise ValueError(f"expected an image tensor (B, 3, H, W) or (3, H, W), got {tuple(image.shape)}")
+    return image
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_network(path: str, device: str, mtime: float) -> EnhanceNet:
+    return checkpoints.load_network(path, device)
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_sha(path: str, mtime: float) -> str:
+    return checkpoints.sha256(path)
+
+
+def get_network(checkpoint: str | os.PathLike | EnhanceNet = "clip-lit", device: str = "cpu") -> EnhanceNet:
+    """Network for a name/path (cached, reloaded if the file changes) or pass an ``EnhanceNet`` through."""
+    if isinstance(checkpoint, EnhanceNet):
+        return checkpoint
+    path = checkpoints.resolve(checkpoint)
+    return _cached_network(str(path), str(device), path.stat().st_mtime)
+
+
+def _tile_for(tile: int | str | None, h: int, w: int) -> int | None:
+    if tile == "auto":
+        return AUTO_TILE if h * w > AUTO_TILE_PIXELS else None
+    if tile is not None and not isinstance(tile, int):
+        raise ValueError(f"tile must be an int, None or 'auto', got {tile!r}")
+    return tile
+
+
+def enhance_image_tensor(
+    x: Tensor,
+    checkpoint: str | os.PathLike | EnhanceNet = "clip-lit",
+    tile: int | str | None = "auto",
+    strength: float = 1.0,
+    device: str = "cpu",
+) -> tuple[Tensor, dict]:
+    """Tensor in, tensor out (B, 3, H, W) in [0, 1], with the record; the core of ``enhance``."""
+    x = as_tensor(x)
+    net = get_network(checkpoint, device)
+    x = x.to(device=device, dtype=torch.float32)
+    t0 = time.perf_counter()
+    tile_px = _tile_for(tile, *x.shape[-2:])
+    out, light = enhance_tensor(net, x, tile=tile_px, strength=strength)
+    seconds = time.perf_counter() - t0
+    mp = x.shape[0] * x.shape[-2] * x.shape[-1] / 1e6
+    source = getattr(net, "source", None)
+    record = {
+        "task": "enhance",
+        "checkpoint": checkpoint if isinstance(checkpoint, str) else (source or "<in-memory network>"),
+        "weights_file": source,
+        "weights_sha256": _cached_sha(source, Path(source).stat().st_mtime) if source else None,
+        "strength": strength,
+        "tile": tile_px,
+        "size": [int(x.shape[-1]), int(x.shape[-2])],
+        "seconds": round(seconds, 4),
+        "ms_per_megapixel": round(1000 * seconds / mp, 2),
+        "before": image_stats(x),
+        "after": image_stats(out),
+        "dark_region_gain": round(dark_region_gain(x, out), 5),
+        "illumination_mean": round(light.mean().item(), 5),
+    }
+    return out, record
+
+
+
+
+def enhance(
+    image: Image.Image | Tensor | str | os.PathLike,
+    settings: EnhanceSettings | None = None,
+    clip: object | None = None,
+    callback: StepCallback | None = None,
+    cancel: CancelToken | None = None,
+    progress: bool = False,
+    **overrides,
+) -> RunResult:
+    """Enhance back-lit image(s) at full size in one pass of the network (``clip`` is unused: the network was
+    trained with one; the argument keeps the one runner signature)."""
+    s = resolve_settings(EnhanceSettings, settings, overrides)
+    x = as_tensor(image)
+    record = {"method": "enhance", **asdict(s)}
+    if cancel is not None and cancel.cancelled:
+        return RunResult(x, record, [], {}, cancelled=True)
+    t0 = time.perf_counter()
+    try:
+        out, facts = enhance_image_tensor(x, s.checkpoint, tile=s.tile or "auto", strength=s.strength,
+                                          device=str(default_device()))
+    except checkpoints.CheckpointError as e:
+        raise ParameterError(str(e)) from e
+    seconds = time.perf_counter() - t0
+    values = {"dark_region_gain": float(facts["dark_region_gain"]),
+              "illumination_mean": float(facts["illumination_mean"])}
+    out = out.cpu()
+    if callback is not None:
+        callback(StepInfo(1, 1, values, out))
+    extras = {k: facts[k] for k in ("weights_sha256", "before", "after", "ms_per_megapixel") if k in facts}
+    return RunResult(out, record, [values], {"enhance_s": seconds}, extras=extras)

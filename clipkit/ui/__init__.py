@@ -1,0 +1,1 @@
+"""The browser UI (Gradio); `clipkit` serves it. See ui/app.py."""

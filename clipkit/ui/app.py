@@ -1,0 +1,608 @@
+"""The Gradio app: one tab per registered method, built from the registry so a new back-end needs no UI code.
+
+Each tab has the method's image inputs (with a brush for region masks), its settings as controls (the settings
+dataclass fields; `clipkit.registry.Control` says how to show one), presets (load by name, from a preset file
+or from any clipkit PNG; save the current controls), run / cancel, a live preview with per-loss values, and a
+gallery of this session's results with their settings and a PNG download that embeds them.
+
+Runs go through ``clipkit.api.run`` in a worker thread, so the handler can stream progress while the method
+works; all tabs share one queue slot (``concurrency``) so two users cannot run two models out of memory at once.
+Models load lazily on the first run and are shared by every session.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import threading
+import time
+import typing
+from collections.abc import Iterator
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import numpy as np
+import torch
+from PIL import Image
+
+from clipkit import api
+from clipkit.guidance.errors import ClipKitError
+from clipkit.guidance.images import tensor_to_pil
+from clipkit.presets import (
+    Preset,
+    list_presets,
+    load_preset,
+    make_preset,
+    preset_from_record,
+    save_preset,
+    settings_dict,
+    settings_from_dict,
+    user_preset_dir,
+)
+from clipkit.registry import Control, Method, methods
+
+log = logging.getLogger(__name__)
+DEFAULT_OUTPUT_DIR = Path("outputs") / "app"  # beside where the app was started, like the CLI
+UPDATE_EVERY_S = 0.2  # at most this often a status update goes to the browser (previews always go)
+
+
+# ------------------------------------------------------------------------------------------ pure helpers
+def _base_type(m: Method, name: str) -> Any:
+    """A field's type with ``| None`` stripped (``int | None`` -> int)."""
+    hint = typing.get_type_hints(m.settings_cls)[name]
+    arms = [a for a in typing.get_args(hint) if a is not type(None)]
+    return arms[0] if len(arms) == 1 and _optional(m, name) else hint
+
+
+def _optional(m: Method, name: str) -> bool:
+    return type(None) in typing.get_args(typing.get_type_hints(m.settings_cls)[name])
+
+
+def field_kind(m: Method, name: str) -> str:
+    """The widget a settings field gets: the registry's Control.kind, else one from its type."""
+    ctl = m.controls.get(name, Control())
+    if ctl.kind:
+        return ctl.kind
+    hint = _base_type(m, name)
+    if hint is bool:
+        return "checkbox"
+    if hint in (int, float):
+        return "number"
+    return "text"
+
+
+def _is_int(m: Method, name: str) -> bool:
+    return _base_type(m, name) is int
+
+
+def values_to_settings(m: Method, values: dict[str, Any]) -> Any:
+    """Control values -> validated Settings (numbers from sliders become ints where the field is an int)."""
+    clean: dict[str, Any] = {}
+    for name, v in values.items():
+        if (v is None or (isinstance(v, str) and v.strip() == "")) and _optional(m, name):
+            v = None
+        elif _is_int(m, name) and isinstance(v, float) and v.is_integer():
+            v = int(v)
+        clean[name] = v
+    return settings_from_dict(m.name, clean, f"{m.title} settings")
+
+
+def control_value(m: Method, name: str, value: Any) -> Any:
+    """A setting as its control shows it (None shows as an empty text box)."""
+    return "" if value is None and field_kind(m, name) in ("text", "textarea") else value
+
+
+def settings_to_values(m: Method, settings: dict[str, Any]) -> list[Any]:
+    """Settings dict -> control values, in the order of the settings fields."""
+    return [control_value(m, n, settings[n]) for n in m.field_names()]
+
+
+TINT_MIN_DIFF = 24  # a tinted pixel differs from the picture by >= 29 in some channel; PNG keeps it exact
+
+
+def _tint_colours(rgb: np.ndarray) -> np.ndarray:
+    """Magenta, or green where the pixel is near magenta already, so every tinted pixel visibly changes."""
+    magenta, green = np.array([255, 0, 255]), np.array([0, 255, 0])
+    near = np.linalg.norm(rgb.astype(np.float32) - magenta, axis=-1, keepdims=True) < 100
+    return np.where(near, green, magenta)
+
+
+def painted_mask(value: Any, picture: Image.Image) -> Image.Image | None:
+    """The mask painter's value -> mask at the picture's size, white where painted or tinted; None when neither.
+
+    Brush strokes come as layers. A recorded mask is shown as a tint of the painter's picture (Gradio 6.31's
+    editor does not draw layers the server sets), so pixels where the painter's picture differs from the real
+    one count as painted too. The picture itself always comes from its own plain image input, because the
+    ImageEditor does not reliably hand its own upload to the server (measured in headless chromium)."""
+    if not isinstance(value, dict):
+        return None
+    size = picture.size
+    painted = np.zeros((size[1], size[0]), dtype=bool)
+    for layer in value.get("layers") or []:
+        if layer is not None:
+            painted |= np.asarray(layer.convert("RGBA").resize(size, Image.NEAREST))[..., 3] > 0
+    shown = value.get("background")
+    if shown is not None and shown.size == size:
+        diff = np.abs(np.asarray(shown.convert("RGB"), np.int16) - np.asarray(picture.convert("RGB"), np.int16))
+        painted |= diff.max(-1) >= TINT_MIN_DIFF
+    return Image.fromarray(painted.astype(np.uint8) * 255, "L") if painted.any() else None
+
+
+def mask_painter_value(picture: Any, mask: Image.Image | None = None) -> dict[str, Any] | None:
+    """What the mask painter shows: `picture` to paint on, tinted half-way to magenta where `mask` is white.
+
+    A recorded mask comes back this way when a result is loaded, so the user sees it and Run repeats the edit
+    (see `painted_mask`). None when there is no picture yet."""
+    if picture is None:
+        return None
+    image = api.to_rgb(picture)
+    if mask is not None:
+        rgb = np.asarray(image)
+        where = np.asarray(mask.convert("L").resize(image.size, Image.NEAREST))[..., None] > 127
+        tinted = (rgb.astype(np.uint16) + _tint_colours(rgb)) // 2
+        image = Image.fromarray(np.where(where, tinted, rgb).astype(np.uint8), "RGB")
+    return {"background": image, "layers": [], "composite": None}
+
+
+def format_values(values: dict[str, float]) -> str:
+    return " · ".join(f"{k} {v:.4f}" for k, v in values.items())
+
+
+def batch_sheet(images: torch.Tensor) -> Image.Image:
+    """A batch as one picture (a near-square grid, white gaps) for the preview: every sample at a glance."""
+    from torchvision.utils import make_grid
+
+    if images.ndim == 3 or images.shape[0] == 1:
+        return tensor_to_pil(images)
+    return tensor_to_pil(make_grid(images.float().cpu(), nrow=math.ceil(math.sqrt(images.shape[0])), padding=2,
+                                   pad_value=1.0))
+
+
+def caption_for(record: dict[str, Any]) -> str:
+    s = record["settings"]
+    bits = [s["method"]]
+    if "seed" in s:
+        bits.append(f"seed {s['seed']}")
+    n = record["steps_done"]
+    bits.append(f"{n} step{'' if n == 1 else 's'}")
+    if "loss" in record.get("final", {}):
+        bits.append(f"loss {record['final']['loss']:.3f}")
+    if record.get("cancelled"):
+        bits.append("cancelled")
+    return " · ".join(bits)
+
+
+@dataclass
+class Entry:
+    """One result in a session's gallery."""
+
+    path: str
+    caption: str
+    record: dict[str, Any]
+
+
+# ------------------------------------------------------------------------------------------------ the app
+class ClipKitApp:
+    """Builds the Blocks and holds what sessions share: output folder, cancel tokens, test-model switch."""
+
+    def __init__(self, test_models: bool = False, output_dir: Path | None = None, concurrency: int = 1) -> None:
+        self.test_models = test_models
+        self.output_dir = Path(output_dir or DEFAULT_OUTPUT_DIR)
+        self.concurrency = concurrency
+        self._tokens: dict[str, api.CancelToken] = {}
+        self._lock = threading.Lock()
+
+    # ---- cancellation: one token per (browser session, method), armed on click so a queued run can be
+    # cancelled too (the run then stops before its first step)
+    def arm(self, key: str) -> str:
+        with self._lock:
+            self._tokens[key] = api.CancelToken()
+        return "Queued…"
+
+    def cancel(self, key: str) -> bool:
+        """Stop the run under ``key`` after its current step; the run's own status then says "Cancelled".
+
+        (Gradio's ``cancels=`` is not used: it would kill the event and lose the partial result.)"""
+        with self._lock:
+            token = self._tokens.get(key)
+        if token is None:
+            return False
+        token.cancel()
+        return True
+
+    @staticmethod
+    def key(request: gr.Request | None, m: Method) -> str:
+        return f"{getattr(request, 'session_hash', None) or 'local'}:{m.name}"
+
+    # ---- running
+    def run_stream(self, m: Method, settings: Any, images: dict[str, Any], key: str | None = None,
+                   progress: Any = None) -> Iterator[tuple[str, Any]]:
+        """Run ``m`` in a worker thread; yields ("status", markdown), ("preview", PIL) and finally
+        ("result", api.Result). Closing the generator early cancels the run."""
+        key = key or self.key(None, m)
+        with self._lock:
+            token = self._tokens.setdefault(key, api.CancelToken())
+        if token.cancelled:  # cancel was pressed while the run waited in the queue
+            with self._lock:
+                self._tokens.pop(key, None)
+            yield "status", "Cancelled before it started."
+            return
+        events: queue.Queue = queue.Queue()
+
+        def work() -> None:
+            try:
+                result = api.run(m.name, settings, clip="tiny" if self.test_models else None,
+                                 callback=lambda info: events.put(("step", info)), cancel=token, **images)
+                events.put(("done", result))
+            except BaseException as e:  # handed to the UI thread, which shows it
+                events.put(("error", e))
+
+        worker = threading.Thread(target=work, name=f"clipkit-{m.name}", daemon=True)
+        started = time.perf_counter()
+        worker.start()
+        last_status = 0.0
+        try:
+            while True:
+                kind, payload = events.get()
+                if kind == "step":
+                    info = payload
+                    if progress is not None:
+                        progress((info.step, info.total), desc=f"{m.title}: step {info.step}/{info.total}")
+                    if info.preview is not None:
+                        yield "preview", batch_sheet(info.preview)
+                    now = time.perf_counter()
+                    if now - last_status >= UPDATE_EVERY_S or info.step == info.total:
+                        last_status = now
+                        yield "status", (f"**Step {info.step}/{info.total}** ({now - started:.1f} s) — "
+                                         f"{format_values(info.values)}")
+                elif kind == "error":
+                    raise payload
+                else:
+                    yield "result", payload
+                    return
+        finally:
+            if worker.is_alive():
+                token.cancel()  # the browser went away or Gradio stopped the event: stop the worker too
+            with self._lock:
+                if self._tokens.get(key) is token:
+                    del self._tokens[key]
+
+    def save_results(self, m: Method, result: api.Result) -> list[Entry]:
+        """Write each image of the result as a PNG (settings embedded; any one reproduces the whole batch) where
+        the app serves downloads from."""
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        seed = result.settings.get("seed")
+        base = f"{m.name}-{stamp}" + (f"-s{seed}" if seed is not None else "")
+        count, entries = len(result.images), []
+        for i in range(count):
+            name = base if count == 1 else f"{base}-{i + 1}of{count}"
+            path, n = self.output_dir / f"{name}.png", 1
+            while path.exists():
+                n += 1
+                path = self.output_dir / f"{name}-{n}.png"
+            result.save(path, index=i)
+            caption = caption_for(result.record) + (f" · image {i + 1} of {count}" if count > 1 else "")
+            entries.append(Entry(str(path), caption, result.record))
+        return entries
+
+    # ---- building
+    def build(self) -> gr.Blocks:
+        with gr.Blocks(title="clipkit") as demo:
+            gr.Markdown("# clipkit\nCLIP-guided image generation and editing. Pick a tab, load a preset or set "
+                        "the controls, press **Run**. Results keep their settings: download the PNG, or load it "
+                        "back as a preset to reproduce it.")
+            if self.test_models:
+                gr.Markdown("**Test mode:** CLIP-guided methods use the tiny random test CLIP (no weights needed; "
+                            "results are not meaningful).", elem_id="test-mode-banner")
+            families: dict[str, list[Method]] = {}
+            for m in methods().values():
+                families.setdefault(m.family or m.title, []).append(m)
+            # where each method's tab sits: (outer tab id, inner Tabs of its family or None)
+            places: dict[str, tuple[str, gr.Tabs | None]] = {}
+            handles: dict[str, dict[str, Any]] = {}
+            with gr.Tabs() as outer:
+                for family, members in families.items():
+                    if len(members) == 1:
+                        with gr.Tab(members[0].title, id=members[0].name, elem_id=f"tab-{members[0].name}"):
+                            handles[members[0].name] = self._build_tab(members[0])
+                        places[members[0].name] = (members[0].name, None)
+                        continue
+                    with gr.Tab(family, id=family, elem_id=f"family-{family.lower().replace(' ', '-')}"), \
+                            gr.Tabs() as inner:
+                        for m in members:
+                            with gr.Tab(m.title, id=m.name, elem_id=f"tab-{m.name}"):
+                                handles[m.name] = self._build_tab(m)
+                            places[m.name] = (family, inner)
+            self._wire_send_to(handles, places, outer)
+        demo.queue(default_concurrency_limit=self.concurrency, max_size=64)
+        return demo
+
+    def _build_tab(self, m: Method) -> dict[str, Any]:
+        gr.Markdown(m.description)
+        notice = m.missing(test_models=self.test_models)
+        if notice:
+            gr.Markdown(f"⚠️ **Weights missing — runs will fail until they are in place.** {notice}",
+                        elem_id=f"{m.name}-missing")
+        defaults = settings_dict(m.defaults())
+        history = gr.State([])
+        with gr.Row():
+            with gr.Column(scale=1):
+                inputs: dict[str, gr.components.Component] = {}
+                painters: dict[str, gr.ImageEditor] = {}
+                for inp in m.image_inputs:
+                    inputs[inp.name] = gr.Image(label=inp.label, type="pil", format="png",
+                                                sources=["upload", "clipboard"], elem_id=f"{m.name}-{inp.name}")
+                    if inp.mask:  # painted on a copy the server puts there; see painted_mask for why
+                        # RGBA: with image_mode="RGB" Gradio hands the brush layer over without its alpha
+                        painters[inp.name] = gr.ImageEditor(
+                            label="Region to change: paint over it (unpainted = the whole picture)", type="pil",
+                            format="png", image_mode="RGBA", layers=False, sources=(), transforms=(),
+                            brush=gr.Brush(colors=["#ff00ff"], color_mode="fixed"),
+                            elem_id=f"{m.name}-{inp.name}-mask")
+                        inputs[inp.name].change(mask_painter_value, inputs[inp.name], painters[inp.name],
+                                                queue=False)
+                presets = self._preset_names(m)
+                with gr.Row():
+                    preset_dd = gr.Dropdown(presets, value=None, label="Preset", scale=3,
+                                            elem_id=f"{m.name}-preset")
+                    upload = gr.UploadButton("Load preset / PNG", file_types=[".json", ".png"], scale=1,
+                                             size="sm", elem_id=f"{m.name}-preset-upload")
+                preset_info = gr.Markdown(elem_id=f"{m.name}-preset-info")
+                controls: dict[str, gr.components.Component] = {}
+                main = [f.name for f in fields(m.settings_cls) if not m.controls.get(f.name, Control(advanced=True))
+                        .advanced]
+                for name in main:
+                    controls[name] = self._control(m, name, defaults[name])
+                with gr.Accordion("Advanced", open=False):
+                    for name in m.field_names():
+                        if name not in controls:
+                            controls[name] = self._control(m, name, defaults[name])
+                controls = {n: controls[n] for n in m.field_names()}  # field order, for value lists
+                with gr.Row():
+                    run_btn = gr.Button("Run", variant="primary", elem_id=f"{m.name}-run")
+                    cancel_btn = gr.Button("Cancel", variant="stop", elem_id=f"{m.name}-cancel")
+                with gr.Accordion("Save as preset", open=False):
+                    save_name = gr.Textbox(label="Preset name", placeholder="my-look", elem_id=f"{m.name}-save-name")
+                    save_desc = gr.Textbox(label="Description", placeholder="what it does, for whom")
+                    save_btn = gr.Button("Save preset", elem_id=f"{m.name}-save")
+                    preset_file = gr.File(label="Preset file", interactive=False, elem_id=f"{m.name}-preset-file")
+            with gr.Column(scale=1):
+                preview = gr.Image(label="Preview", type="pil", interactive=False, format="png", height=256,
+                                   elem_id=f"{m.name}-preview")
+                status = gr.Markdown(elem_id=f"{m.name}-status")
+                gallery = gr.Gallery(label="Results (this session)", columns=3, height="auto", format="png",
+                                     elem_id=f"{m.name}-gallery")
+                record_json = gr.JSON(label="Settings, losses and timings of the selected result",
+                                      max_height=320, elem_id=f"{m.name}-record")
+                with gr.Row():
+                    download = gr.DownloadButton("Download PNG (settings embedded)", value=None,
+                                                 elem_id=f"{m.name}-download")
+                    reuse_btn = gr.Button("Load these settings", elem_id=f"{m.name}-reuse")
+                with gr.Row():
+                    send_to = gr.Dropdown([], value=None, label="Send the selected result to", scale=3,
+                                          elem_id=f"{m.name}-send-to")
+                    send_btn = gr.Button("Send", scale=1, size="sm", elem_id=f"{m.name}-send")
+
+        control_list = list(controls.values())
+
+        masked = next((i.name for i in m.image_inputs if i.mask), None)
+        editor = painters[masked] if masked else None
+        picture = inputs[masked] if masked else None
+        # A loaded mask goes to the painter in steps: the browser first clears the painter's canvas (set straight
+        # over the user's strokes, Gradio 6.31's editor stays on its loading spinner; measured in the browser
+        # test), then the server shows the mask. Without a mask to show, the painter is left alone.
+        pending = gr.State(None) if editor is not None else None
+        loaded = [*control_list, preset_info, *([pending] if editor is not None else [])]
+
+        def apply(p: Preset, mask: Image.Image | None = None, picture_value: Any = None) -> list[Any]:
+            if p.method != m.name and p.method not in m.borrows:
+                raise gr.Error(f"'{p.name}' is a preset for method '{p.method}'; open the "
+                               f"{methods()[p.method].title if p.method in methods() else p.method} tab to use it")
+            values = api.preset_values(m, p)
+            desc = f" — {p.description}" if p.description else ""
+            if p.method != m.name:  # borrowed: only the shared settings change, the rest stay as they are
+                desc += f" (its {', '.join(values)} from {p.method})"
+                shown = [control_value(m, n, values[n]) if n in values else gr.update() for n in m.field_names()]
+            else:
+                shown = settings_to_values(m, values)
+            if editor is None:
+                return [*shown, f"Loaded preset **{p.name}**{desc}"]
+            painted = mask_painter_value(picture_value, mask) if mask is not None else None
+            if mask is not None:
+                desc += (" and its mask" if painted is not None else
+                         ". It was made with a painted mask: open its input picture, then load it again to "
+                         "get the mask back")
+            return [*shown, f"Loaded preset **{p.name}**{desc}", painted]
+
+        def unchanged() -> list[Any]:
+            return [gr.update() for _ in control_list] + [""] + ([None] if editor is not None else [])
+
+        def on_preset(name: str | None) -> list[Any]:
+            if not name:
+                return unchanged()
+            try:
+                return apply(load_preset(name))
+            except ClipKitError as e:
+                raise gr.Error(str(e)) from e
+
+        def on_upload(data: dict) -> list[Any]:
+            file = data[upload]
+            if not file:
+                return unchanged()
+            try:
+                mask = api.recorded_mask(file) if Path(file).suffix.lower() == ".png" else None
+                return apply(load_preset(Path(file)), mask, data.get(picture))
+            except ClipKitError as e:
+                raise gr.Error(str(e)) from e
+
+        def on_reuse(data: dict) -> list[Any]:
+            record = data[record_json]
+            if not record:
+                raise gr.Error("select a result in the gallery first")
+            try:
+                return apply(preset_from_record(record, name="from-result", source="the selected result"),
+                             api.recorded_mask(record), data.get(picture))
+            except ClipKitError as e:
+                raise gr.Error(str(e)) from e
+
+        def on_save(data: dict) -> tuple[Any, Any, str]:
+            name = (data[save_name] or "").strip()
+            try:
+                s = values_to_settings(m, {n: data[c] for n, c in controls.items()})
+                path = save_preset(make_preset(m.name, s, name, (data[save_desc] or "").strip()))
+            except ClipKitError as e:
+                raise gr.Error(str(e)) from e
+            choices = self._preset_names(m)
+            return (str(path), gr.update(choices=choices, value=name),
+                    f"Saved preset **{name}** to `{path}`")
+
+        def on_run(data: dict, request: gr.Request, progress=gr.Progress()) -> Iterator[dict]:  # noqa: B008 (Gradio injects it)
+            try:
+                settings = values_to_settings(m, {n: data[c] for n, c in controls.items()})
+            except ClipKitError as e:
+                raise gr.Error(str(e)) from e
+            images: dict[str, Any] = {}
+            for inp in m.image_inputs:
+                value = data[inputs[inp.name]]
+                if value is None:
+                    raise gr.Error(f"upload an image first ({inp.label})")
+                images[inp.name] = api.to_rgb(value)
+                if inp.mask:
+                    mask = painted_mask(data[painters[inp.name]], images[inp.name])
+                    if mask is not None:
+                        images["mask"] = mask
+            try:
+                for kind, payload in self.run_stream(m, settings, images, self.key(request, m), progress):
+                    if kind == "preview":
+                        yield {preview: payload}
+                    elif kind == "status":
+                        yield {status: payload}
+                    else:
+                        new = self.save_results(m, payload)
+                        entry, entries = new[0], [*new, *data[history]]
+                        done = "Cancelled — partial result kept." if payload.record["cancelled"] else "Done."
+                        t = sum(payload.record["timings"].values())
+                        yield {
+                            preview: batch_sheet(payload.tensors),
+                            status: f"**{done}** {entry.caption} · {t:.1f} s — saved `{entry.path}`",
+                            gallery: gr.update(value=[(e.path, e.caption) for e in entries], selected_index=0),
+                            record_json: entry.record,
+                            download: entry.path,
+                            history: entries,
+                        }
+            except ClipKitError as e:
+                raise gr.Error(str(e), duration=None) from e
+            except Exception as e:
+                log.exception("run of %s failed", m.name)
+                raise gr.Error(f"{type(e).__name__}: {e}", duration=None) from e
+
+        def on_select(entries: list[Entry], evt: gr.SelectData) -> tuple[Any, Any]:
+            if evt.index is None or evt.index >= len(entries):
+                return gr.update(), gr.update()
+            e = entries[evt.index]
+            return e.record, e.path
+
+        with_picture = {picture} if picture is not None else set()
+        preset_dd.focus(lambda: gr.update(choices=self._preset_names(m)), None, preset_dd, queue=False)
+        preset_dd.input(on_preset, preset_dd, loaded, queue=False)
+        loads = [upload.upload(on_upload, {upload, *with_picture}, loaded, queue=False),
+                 reuse_btn.click(on_reuse, {record_json, *with_picture}, loaded, queue=False)]
+        if editor is not None:
+            # the clear must have drawn before the new value arrives, or it can wipe that value (one clean-clone CI
+            # run showed no restored mask): wait two frames and a moment after the click
+            clear_js = (f"async (v) => {{ if (v) {{ document.querySelector("
+                        f"'#{editor.elem_id} button[aria-label=\"Clear canvas\"]')?.click(); "
+                        "await new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r))); "
+                        "await new Promise(r => setTimeout(r, 100)); } return v; }")
+            for event in loads:
+                event.then(None, pending, pending, js=clear_js, queue=False).then(
+                    lambda value: gr.update() if value is None else value, pending, editor, queue=False)
+        save_btn.click(on_save, {save_name, save_desc, *control_list}, [preset_file, preset_dd, preset_info],
+                       queue=False)
+        run_inputs = {*control_list, *inputs.values(), *painters.values(), history}
+        def on_arm(request: gr.Request) -> str:
+            return self.arm(self.key(request, m))
+
+        def on_cancel(request: gr.Request) -> None:
+            self.cancel(self.key(request, m))
+
+        run_btn.click(on_arm, None, status, queue=False).then(
+            on_run, run_inputs, [preview, status, gallery, record_json, download, history],
+            concurrency_limit=self.concurrency, concurrency_id="clipkit-runs")
+        cancel_btn.click(on_cancel, None, None, queue=False)
+        gallery.select(on_select, history, [record_json, download], queue=False)
+        first = m.image_inputs[0].name if m.image_inputs else None
+        return {"image": inputs.get(first) if first else None, "download": download, "send_to": send_to,
+                "send_btn": send_btn}
+
+    @staticmethod
+    def _wire_send_to(handles: dict[str, dict[str, Any]], places: dict[str, tuple[str, Any]], outer: Any) -> None:
+        """"Send to" on every tab: the selected result becomes the first image input of the chosen method, and
+        that method's tab opens (the way artists pass a picture on in the tools they know)."""
+        targets = {name: h["image"] for name, h in handles.items() if h["image"] is not None}
+        titles = {f"{methods()[n].title} ({n})": n for n in targets}
+        inners = list(dict.fromkeys(inner for _, inner in places.values() if inner is not None))
+        outputs = [outer, *inners, *targets.values()]
+
+        for name, h in handles.items():
+            h["send_to"].choices = [(t, t) for t, n in titles.items() if n != name]
+
+            def send(choice: str | None, path: str | None) -> list[Any]:
+                if not path:
+                    raise gr.Error("select a result in the gallery first, then send it")
+                if choice not in titles:
+                    raise gr.Error("choose where to send the result")
+                target = titles[choice]
+                tab, inner = places[target]
+                picture = Image.open(path)
+                picture.load()
+                return [gr.Tabs(selected=tab), *[gr.Tabs(selected=target) if i is inner else gr.update()
+                                                 for i in inners],
+                        *[picture if n == target else gr.update() for n in targets]]
+
+            h["send_btn"].click(send, [h["send_to"], h["download"]], outputs, queue=False)
+
+    @staticmethod
+    def _preset_names(m: Method) -> list[str]:
+        return [p.name for src in (m.name, *m.borrows) for p in list_presets(src)]
+
+    @staticmethod
+    def _control(m: Method, name: str, value: Any) -> gr.components.Component:
+        ctl = m.controls.get(name, Control())
+        label = ctl.label or name.replace("_", " ")
+        kind = field_kind(m, name)
+        elem_id = f"{m.name}-{name}"
+        if kind == "textarea":
+            return gr.Textbox(value=value or "", label=label, info=ctl.info, lines=2, elem_id=elem_id)
+        if kind == "slider":
+            return gr.Slider(ctl.minimum or 0, ctl.maximum or 100, value=value, step=ctl.step, label=label,
+                             info=ctl.info, elem_id=elem_id)
+        if kind == "number":
+            return gr.Number(value=value, label=label, info=ctl.info, precision=0 if _is_int(m, name) else None,
+                             elem_id=elem_id)
+        if kind == "dropdown":
+            return gr.Dropdown(list(ctl.choices or ()), value=value, label=label, info=ctl.info,
+                               allow_custom_value=True, elem_id=elem_id)
+        if kind == "checkbox":
+            return gr.Checkbox(value=bool(value), label=label, info=ctl.info, elem_id=elem_id)
+        return gr.Textbox(value="" if value is None else str(value), label=label, info=ctl.info, elem_id=elem_id)
+
+
+def build_app(test_models: bool = False, output_dir: Path | None = None, concurrency: int = 1) -> gr.Blocks:
+    """The Blocks, queue configured; ``test_models`` swaps the tiny test CLIP in for CLIP-guided methods."""
+    return ClipKitApp(test_models, output_dir, concurrency).build()
+
+
+def serve(host: str = "127.0.0.1", port: int = 7860, test_models: bool = False, output_dir: Path | None = None,
+          concurrency: int = 1, inbrowser: bool = False) -> None:
+    """Build and serve the app (blocks until interrupted)."""
+    out = Path(output_dir or DEFAULT_OUTPUT_DIR)
+    out.mkdir(parents=True, exist_ok=True)
+    demo = build_app(test_models, out, concurrency)
+    # results and saved presets are served for download from these folders only
+    allowed = [str(out), str(user_preset_dir())]
+    demo.launch(server_name=host, server_port=port, allowed_paths=allowed, show_error=True, inbrowser=inbrowser,
+                footer_links=["api", "settings"])
