@@ -121,21 +121,46 @@ def add_method_parser(sub: Any, m: Method) -> argparse.ArgumentParser:
     return p
 
 
-# Folder tools and trainers with parsers of their own: `clipkit NAME ARGS...` hands ARGS to MODULE.main.
-DELEGATED = {
-    "style": ("clipkit.commands.style", "folders through CLIPstyler / the stylizer / PODA; train-stylizer"),
-    "enhance": ("clipkit.commands.enhance", "enhance folders of back-lit photos (with PSNR/SSIM references)"),
-    "train-enhance": ("clipkit.methods.enhance.train", "train a CLIP-LIT / RAVE enhancement network"),
-    "rave-vector": ("clipkit.commands.rave_vector", "RAVE's residual vector from two folders of photos"),
-    "enhance-weights": ("clipkit.methods.enhance.checkpoints", "list / convert the published enhancement weights"),
-    "train-world-clip": ("clipkit.world.train_clip", "train a world CLIP (guide or judge)"),
-    "train-world-ldm": ("clipkit.world.train_ldm", "train the world latent diffusion model"),
-    "eval-world-clip": ("clipkit.world.eval_clip", "held-out accuracy of a world CLIP"),
+# Commands with parsers of their own: `clipkit VERB [NAME] ARGS...` hands [*PREFIX, *ARGS] to MODULE.main.
+TRAINERS = {  # clipkit train NAME ...: every trainer checkpoints and resumes exactly
+    "stylizer": ("clipkit.commands.style", ("train-stylizer",), "the feed-forward text-conditioned stylizer"),
+    "enhance": ("clipkit.methods.enhance.train", (), "a CLIP-LIT / RAVE backlit-enhancement network"),
+    "world-clip": ("clipkit.world.train_clip", (), "a world CLIP (guide or judge)"),
+    "world-ldm": ("clipkit.world.train_ldm", (), "the world latent diffusion model"),
 }
+CONVERTERS = {  # clipkit convert NAME SRC DST: published formats -> safetensors
+    "enhance": ("clipkit.methods.enhance.checkpoints", ("convert",), "a CLIP-LIT / RAVE .pth checkpoint"),
+}
+TOOLS = {  # clipkit NAME ...
+    "style": ("clipkit.commands.style", (), "folders through CLIPstyler / the stylizer / PODA"),
+    "enhance": ("clipkit.commands.enhance", (), "folders of back-lit photos (with PSNR/SSIM references)"),
+    "rave-vector": ("clipkit.commands.rave_vector", (), "RAVE's residual vector from two folders of photos"),
+    "enhance-weights": ("clipkit.methods.enhance.checkpoints", (), "list / convert the published enhancement weights"),
+    "eval-world-clip": ("clipkit.world.eval_clip", (), "held-out accuracy of a world CLIP"),
+}
+VERBS = {"train": TRAINERS, "convert": CONVERTERS}
+
+
+def _delegate(argv: list[str]) -> int | None:
+    """Run a trainer, converter or tool named by ``argv``; None when ``argv`` names none of them."""
+    if argv[0] in VERBS:
+        table = VERBS[argv[0]]
+        if len(argv) < 2 or argv[1] not in table:
+            listing = "; ".join(f"{k}: {v[2]}" for k, v in table.items())
+            raise ClipKitError(f"clipkit {argv[0]} NAME ...: NAME is one of {', '.join(table)} ({listing})")
+        module, prefix, _ = table[argv[1]]
+        rest = argv[2:]
+    elif argv[0] in TOOLS:
+        module, prefix, _ = TOOLS[argv[0]]
+        rest = argv[1:]
+    else:
+        return None
+    return int(importlib.import_module(module).main([*prefix, *rest]) or 0)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    epilog = "more commands: " + "; ".join(f"{k}: {v[1]}" for k, v in DELEGATED.items())
+    epilog = ("train NAME: " + ", ".join(TRAINERS) + "; convert NAME SRC DST: " + ", ".join(CONVERTERS) + "; "
+              + "; ".join(f"{k}: {v[2]}" for k, v in TOOLS.items()))
     parser = argparse.ArgumentParser(prog="clipkit", description=__doc__, epilog=epilog)
     sub = parser.add_subparsers(dest="command")
 
@@ -176,8 +201,12 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] in DELEGATED:
-        return int(importlib.import_module(DELEGATED[argv[0]][0]).main(argv[1:]) or 0)
+    if argv and (argv[0] in VERBS or argv[0] in TOOLS):
+        try:
+            return _delegate(argv) or 0
+        except ClipKitError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     parser = build_parser()
     _add_serve_args(parser)
     args = parser.parse_args(argv)

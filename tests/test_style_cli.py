@@ -85,5 +85,5 @@ def test_cli_poda_writes_previews_and_statistics(photos, tmp_path):
 def test_cli_reports_errors_as_messages(photos, tmp_path, capsys):
     assert main(["stylize", "--input", str(photos), "--output", str(tmp_path / "x"),
                  "--checkpoint", str(tmp_path / "missing.safetensors"), "--quiet"]) == 2
-    assert "train-stylizer" in capsys.readouterr().err
+    assert "clipkit train stylizer" in capsys.readouterr().err
     assert not (tmp_path / "x").exists() or not os.listdir(tmp_path / "x")

@@ -2,7 +2,7 @@
 
     clipkit style clipstyler --input PHOTOS --output OUT --prompt "oil painting of flowers"
     clipkit style clipstyler --input PHOTOS --output OUT --network OUT/nets/boat.safetensors
-    clipkit style train-stylizer --content PHOTOS --out runs/style/stylizer.safetensors
+    clipkit train stylizer --content PHOTOS --out runs/style/stylizer.safetensors
     clipkit style stylize --input PHOTOS --output OUT --checkpoint runs/style/stylizer.safetensors \
         --prompt "a watercolor painting"
     clipkit style poda --input PHOTOS --output OUT --prompt "driving at night"

@@ -166,7 +166,7 @@ def _segment(run_dir: Path) -> tuple[str, dict, dict]:
     unset = {k: ("0",) for k in ("easy_steps", "max_minutes")} | {"workers": ("1",)}  # 1 is the default
     parts = [f"--{k.replace('_', '-')} {args[k]}" for k in opts
              if k in args and args[k] not in (None, "None", "", "0.0", *unset.get(k, ()))]
-    return "clipkit train-world-clip " + " ".join(parts) + f" --out {run_dir}", args, done
+    return "clipkit train world-clip " + " ".join(parts) + f" --out {run_dir}", args, done
 
 
 def card_text(name: str, weights: Path, run_dirs: list[Path] | Path, eval_block: str, notes: str = "") -> str:

@@ -1,7 +1,7 @@
 """Train a world CLIP with open_clip's model factory and its ClipLoss.
 
-    clipkit train-world-clip --model world-guide --steps 6000 --seed 0 --out runs/world-guide
-    clipkit train-world-clip ... --resume          # continue from <out>/last.*
+    clipkit train world-clip --model world-guide --steps 6000 --seed 0 --out runs/world-guide
+    clipkit train world-clip ... --resume          # continue from <out>/last.*
     torchrun --standalone --nproc_per_node 2 -m clipkit.world.train_clip ... --threads 1 --workers 0   # 2 CPU processes
     accelerate launch --multi_gpu -m clipkit.world.train_clip ...              # several GPUs (untested here)
 

@@ -1,6 +1,6 @@
 """Train the world latent diffusion model: a VAE of world scenes, then a diffusion prior over its latents.
 
-    clipkit train-world-ldm --out runs/world-ldm --model-out world/models/world-ldm [--resume]
+    clipkit train world-ldm --out runs/world-ldm --model-out world/models/world-ldm [--resume]
     accelerate launch --multi_gpu -m clipkit.world.train_ldm ...   # several GPUs: each process renders its own share
     torchrun --standalone --nproc_per_node 2 -m clipkit.world.train_ldm ... --threads 1   # several CPU processes
 

@@ -123,7 +123,7 @@ def load_latent_model(name: str | os.PathLike = DEFAULT_LATENT_MODEL, device: st
         scheduler_config = dict(DDPMScheduler.load_config(folder / "scheduler"))
     except Exception as e:  # diffusers raises OSError / ValueError / safetensors errors for damaged files
         raise CheckpointError(f"cannot load the latent diffusion model in {folder}: {type(e).__name__}: {e}. "
-                              "Re-copy the folder or retrain it (clipkit train-world-ldm)") from e
+                              "Re-copy the folder or retrain it (clipkit train world-ldm)") from e
     if vae.config.latent_channels != denoiser.config.latent_channels:
         raise CheckpointError(f"{folder}: the VAE has {vae.config.latent_channels} latent channels but the "
                               f"denoiser expects {denoiser.config.latent_channels}")

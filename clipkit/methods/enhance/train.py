@@ -1,6 +1,6 @@
 """Train the illumination network with CLIP-LIT or RAVE guidance from two unpaired folders.
 
-``clipkit train-enhance --method rave --backlit DIR --welllit DIR --out runs/rave``
+``clipkit train enhance --method rave --backlit DIR --welllit DIR --out runs/rave``
 (``--method clip_lit`` for token-space prompt learning, ``clip_lit_latent`` for RAVE's latent-space prompts;
 ``--synthetic 64`` writes and uses synthetic backlit/well-lit folders instead of ``--backlit/--welllit``).
 
@@ -307,7 +307,7 @@ def train(
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="clipkit train-enhance", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="clipkit train enhance", description=__doc__.split("\n")[0])
     ap.add_argument("--backlit", type=Path, help="folder of backlit images")
     ap.add_argument("--welllit", type=Path, help="folder of well-lit images (unpaired)")
     ap.add_argument("--synthetic", type=int, default=0, metavar="N",

@@ -26,7 +26,7 @@ def _shared(settings_cls: type) -> tuple[str, ...]:
 
 def _check_stylizer(s: StylizeSettings) -> str | None:
     if not resolve_checkpoint(s.checkpoint).is_file():
-        return (f"no trained stylizer at {s.checkpoint}; train one with `clipkit style train-stylizer --content DIR "
+        return (f"no trained stylizer at {s.checkpoint}; train one with `clipkit train stylizer --content DIR "
                 "--out PATH` and set 'checkpoint' to it")
     return None
 
@@ -62,13 +62,13 @@ def methods() -> list[Method]:
         title="Feed-forward",
         family=TITLE,
         description="Instant style transfer for any prompt: one pass of a text-conditioned stylizer network "
-                    "(trained once with train-stylizer).",
+                    "(trained once with `clipkit train stylizer`).",
         settings_cls=StylizeSettings,
         runner=stylize,
         inputs=photo,
         controls={
             "prompt": Control("Style prompt", kind="textarea"),
-            "checkpoint": Control("Stylizer checkpoint", "a .safetensors written by train-stylizer"),
+            "checkpoint": Control("Stylizer checkpoint", "a .safetensors written by `clipkit train stylizer`"),
             "size": Control("Long side (px; empty = input size)", kind="number"),
             "seed": Control("Seed", kind="number"),
         },

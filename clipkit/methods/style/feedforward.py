@@ -309,7 +309,7 @@ def get_stylizer(path: str | os.PathLike) -> tuple[TextStylizer, dict[str, Any]]
     path = resolve_checkpoint(path)
     if not path.is_file():
         raise CheckpointError(f"stylizer checkpoint not found: {path}. Train one with "
-                              "`clipkit style train-stylizer --content DIR --out PATH`")
+                              "`clipkit train stylizer --content DIR --out PATH`")
     key = (str(path.resolve()), path.stat().st_mtime)
     if key not in _NETWORKS:
         _NETWORKS[key] = load_network(path, NETWORK_KIND)

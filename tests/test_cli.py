@@ -27,3 +27,26 @@ def test_generate_cli_reports_errors_without_traceback(tmp_path, capsys):
     rc = main(["run", "generate", "--steps", "0", "--model", "tiny-clip", "--pretrained", "random",
                "--out", str(tmp_path / "z.png")])
     assert rc == 2 and "steps=0" in capsys.readouterr().err
+
+
+def test_every_method_gets_a_generated_command_with_its_settings_as_flags(tmp_path, capsys):
+    from PIL import Image
+
+    picture = tmp_path / "in.png"
+    Image.new("RGB", (40, 32), (200, 30, 30)).save(picture)
+    out = tmp_path / "edited.png"
+    rc = main(["run", "edit", "--image", str(picture), "--prompt", "a blue square", "--steps", "1", "--cutouts", "2",
+               "--content-weight", "0.5", "--tiny", "--quiet", "--out", str(out)])
+    assert rc == 0
+    s = read_settings(out)["settings"]
+    assert (s["method"], s["prompt"], s["content_weight"]) == ("edit", "a blue square", 0.5)
+    assert main(["run", "edit", "--image", str(picture), "--tiny", "--out", str(tmp_path / "x.jpg")]) == 2
+    assert "must be a .png" in capsys.readouterr().err  # refused before any work
+    assert not (tmp_path / "x.jpg").exists()
+
+
+def test_train_and_convert_name_what_exists(tmp_path, capsys):
+    assert main(["train"]) == 2
+    err = capsys.readouterr().err
+    assert "stylizer" in err and "world-ldm" in err
+    assert main(["convert", "nothing", "a", "b"]) == 2 and "enhance" in capsys.readouterr().err
