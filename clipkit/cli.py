@@ -130,6 +130,7 @@ TRAINERS = {  # clipkit train NAME ...: every trainer checkpoints and resumes ex
 }
 CONVERTERS = {  # clipkit convert NAME SRC DST: published formats -> safetensors
     "enhance": ("clipkit.methods.enhance.checkpoints", ("convert",), "a CLIP-LIT / RAVE .pth checkpoint"),
+    "stylegan": ("clipkit.commands.convert_stylegan", (), "a StyleGAN2 generator (.pt port / NVIDIA .pkl)"),
 }
 TOOLS = {  # clipkit NAME ...
     "style": ("clipkit.commands.style", (), "folders through CLIPstyler / the stylizer / PODA"),

@@ -151,7 +151,7 @@ def test_app_in_headless_chromium(server):
             page.get_by_role("tab", name="Pixels").click()
 
             # cancel a long run: the partial result is kept and says so
-            steps.fill("400")
+            steps.fill("1000")  # long enough that Cancel lands mid-run on a loaded machine
             steps.press("Enter")
             page.locator("#generate-run").click()
             # a loaded machine can keep the run queued for a while before its first step
