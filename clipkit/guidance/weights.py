@@ -22,12 +22,14 @@ ENTRY_POINT_GROUP = "clipkit.weights"
 KINDS = ("clip", "latent-diffusion", "stylizer", "enhance", "stylegan")
 
 _SHIPPED: dict[str, list[Path]] = {}
+_PATTERNS: dict[tuple[str, Path], str] = {}  # (kind, folder) -> glob of the names that are of that kind
 _LOCK = threading.RLock()
 _LOADED = False
 
 
-def register_shipped(kind: str, folder: str | os.PathLike) -> None:
-    """Declare ``folder`` as holding shipped models of ``kind`` (idempotent)."""
+def register_shipped(kind: str, folder: str | os.PathLike, pattern: str = "*") -> None:
+    """Declare ``folder`` as holding shipped models of ``kind`` (idempotent); ``pattern`` (a glob on the entry's
+    name) picks them out where one folder holds models of several kinds."""
     if kind not in KINDS:
         raise ValueError(f"unknown weights kind {kind!r}; one of {KINDS}")
     path = Path(folder).resolve()
@@ -35,6 +37,7 @@ def register_shipped(kind: str, folder: str | os.PathLike) -> None:
         dirs = _SHIPPED.setdefault(kind, [])
         if path not in dirs:
             dirs.append(path)
+        _PATTERNS[(kind, path)] = pattern
 
 
 def _load_providers() -> None:
@@ -62,7 +65,7 @@ def shipped_names(kind: str, suffix: str = ".safetensors", folders: bool = False
     names = set()
     for d in shipped_dirs(kind):
         if d.is_dir():
-            for p in d.iterdir():
+            for p in d.glob(_PATTERNS.get((kind, d), "*")):
                 if (folders and p.is_dir()) or (not folders and p.is_file() and p.name.endswith(suffix)):
                     names.add(p.name if folders else p.name[: -len(suffix)])
     return sorted(names)
@@ -91,9 +94,10 @@ def resolve(
     caches = [Path(c).expanduser() for c in caches]
     name = given.name
     for root in [*caches, *shipped_dirs(kind)]:
+        pattern = _PATTERNS.get((kind, root), "*")
         for cand in _candidates(str(ref), suffixes) + _candidates(name, suffixes):
             path = root / cand
-            if exists(path):
+            if exists(path) and path.match(pattern):
                 return path
     shipped = shipped_names(kind, suffixes[0] if suffixes else "", folders=folder)
     looked = ", ".join(str(c) for c in caches) or "no cache folder"

@@ -24,8 +24,9 @@ def register() -> None:
     from clipkit.guidance.weights import register_shipped
 
     register_configs()
-    for kind in ("clip", "latent-diffusion", "stylegan"):
-        register_shipped(kind, MODELS_DIR)
+    register_shipped("clip", MODELS_DIR, "world-*")  # those with an open_clip config (clip.packaged_models)
+    register_shipped("latent-diffusion", MODELS_DIR, "world-ldm*")
+    register_shipped("stylegan", MODELS_DIR, "world-stylegan*")
 
 
 def create(name: str, pretrained: str | None = None) -> tuple[torch.nn.Module, object, object]:
