@@ -16,19 +16,18 @@ import argparse
 import copy
 import json
 import os
-import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, safe_open
 from torch import Tensor
-from tqdm import tqdm
 
 from clipkit.guidance.clip import ClipModel, get_clip, tiny_clip
 from clipkit.guidance.errors import ParameterError
 from clipkit.guidance.guide import Guide, PromptPairTerm
-from clipkit.guidance.runs import load_optimizer, optimizer_tensors, save_safetensors
+from clipkit.guidance.runs import CancelToken, StepCallback, load_optimizer, optimizer_tensors, save_safetensors
+from clipkit.guidance.training import fit
 
 from . import checkpoints
 from .clip_lit import (
@@ -279,30 +278,16 @@ def train(
     clip: ClipModel | None = None,
     progress: bool = True,
     max_steps: int | None = None,
+    callback: StepCallback | None = None,
+    cancel: CancelToken | None = None,
 ) -> Trainer:
     """Run (or resume) training to the end of the schedule (or ``max_steps`` more steps), saving as it goes."""
     ckpt = Path(out_dir) / "checkpoint.safetensors" if out_dir else None
     trainer = Trainer.resume(ckpt, data, clip) if resume and ckpt and ckpt.is_file() else Trainer(config, data, clip)
     end = trainer.config.total_steps if max_steps is None else min(trainer.config.total_steps,
                                                                    trainer.step + max_steps)
-    log = open(Path(out_dir) / "log.jsonl", "a") if out_dir else None  # noqa: SIM115
-    try:
-        bar = tqdm(total=end, initial=trainer.step, disable=not progress, desc=trainer.config.method)
-        while trainer.step < end:
-            t0 = time.perf_counter()
-            values = trainer.train_step()
-            values["seconds"] = round(time.perf_counter() - t0, 4)
-            bar.update(1)
-            bar.set_postfix({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in values.items()
-                             if k in ("loss", "prompt_loss", "brightness", "separation", "phase")})
-            if log:
-                log.write(json.dumps({"step": trainer.step, **values}) + "\n")
-            if out_dir and (trainer.step % trainer.config.save_every == 0 or trainer.step == end):
-                trainer.save(out_dir)
-        bar.close()
-    finally:
-        if log:
-            log.close()
+    fit(trainer, end, out_dir, every=trainer.config.save_every, callback=callback, cancel=cancel, progress=progress,
+        desc=trainer.config.method, shown=("loss", "prompt_loss", "brightness", "separation", "phase"))
     return trainer
 
 

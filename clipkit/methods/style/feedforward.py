@@ -38,10 +38,10 @@ from clipkit.guidance.runs import (
     load_optimizer,
     optimizer_tensors,
     resolve_settings,
-    run_steps,
     save_safetensors,
     seeded_init,
 )
+from clipkit.guidance.training import fit
 from clipkit.methods.style.clipstyler import TEMPLATE_SETS, image_prior_tv, resize_long_side
 from clipkit.methods.style.network import TextStylizer, load_network, save_network
 
@@ -246,28 +246,32 @@ def train_stylizer(
     net.train()
     last: dict[str, torch.Tensor] = {}
 
-    def step(i: int) -> dict[str, float]:
-        content = sample_batch(data, s.size, s.batch, gen).to(clip.device)
-        idx = torch.randint(len(s.prompts), (s.batch,), generator=gen)
-        opt.zero_grad(set_to_none=True)
-        output = net(content, conds[idx], gen)
-        loss, values = stylizer_losses(clip, features, view, content, output, src_text, targets[idx], s, gen)
-        loss.backward()
-        opt.step()
-        last["images"] = output.detach()
-        n = start + i + 1
-        if n % s.checkpoint_every == 0 or n == s.steps:
-            _save_state(out, net, opt, gen, n, record)
-        return values
+    class Run:  # the one training loop's view of this run (clipkit.guidance.training.fit)
+        step = start
 
-    history, cancelled, seconds = run_steps(s.steps - start, step, callback, cancel, progress=progress,
-                                            desc="train stylizer")
-    done = start + len(history)
-    if cancelled and done % s.checkpoint_every:
-        _save_state(out, net, opt, gen, done, record)  # keep what a cancelled run learnt
+        def train_step(self) -> dict[str, float]:
+            content = sample_batch(data, s.size, s.batch, gen).to(clip.device)
+            idx = torch.randint(len(s.prompts), (s.batch,), generator=gen)
+            opt.zero_grad(set_to_none=True)
+            output = net(content, conds[idx], gen)
+            loss, values = stylizer_losses(clip, features, view, content, output, src_text, targets[idx], s, gen)
+            loss.backward()
+            opt.step()
+            last["images"] = output.detach()
+            self.step += 1
+            return values
+
+        def save(self, folder: Path) -> Path:
+            _save_state(out, net, opt, gen, self.step, record)
+            return out
+
+    run = Run()
+    done = fit(run, s.steps, out.parent, every=s.checkpoint_every, callback=callback, cancel=cancel,
+               progress=progress, desc="train stylizer", log=None)
     net.eval()
-    return RunResult(last.get("images", torch.empty(0, 3, s.size, s.size)), {**record, "step": done}, history,
-                     {"train_s": seconds, "s_per_step": seconds / max(1, len(history))}, cancelled,
+    history = done.history
+    return RunResult(last.get("images", torch.empty(0, 3, s.size, s.size)), {**record, "step": run.step}, history,
+                     {"train_s": done.seconds, "s_per_step": done.seconds / max(1, len(history))}, done.cancelled,
                      extras={"network": net, "path": str(out), "start_step": start})
 
 
