@@ -33,8 +33,19 @@ from PIL import Image
 from clipkit.guidance.artifacts import Artifact, as_artifact
 from clipkit.guidance.clip import ClipModel
 from clipkit.guidance.errors import ParameterError
-from clipkit.guidance.images import as_tensor, decode_mask, load_image, read_settings, save_image, tensor_to_pil
-from clipkit.guidance.runs import CancelToken, RunResult, StepCallback, StepInfo
+from clipkit.guidance.images import (
+    as_tensor,
+    decode_mask,
+    load_image,
+    load_mask,
+    read_settings,
+    save_image,
+    tensor_to_pil,
+    to_grey,
+)
+from clipkit.guidance.images import to_rgb as _to_rgb
+from clipkit.guidance.limits import check_image_size
+from clipkit.guidance.runs import CancelToken, RunResult, StepCallback, StepInfo, with_seed
 from clipkit.presets import (
     Preset,
     PresetError,
@@ -120,39 +131,38 @@ class Result:
         return save_image(self.images[index], path, record, protect=protect)
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Any PIL image as RGB; transparency goes over white (as ``guidance.images.load_image`` does for files)."""
-    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-    return image if image.mode == "RGB" else image.convert("RGB")
+def to_rgb(image: Image.Image, name: str = "image") -> Image.Image:
+    """Any PIL image input as 8-bit RGB, as files are read (``guidance.images.to_rgb``): the pixel limit and the
+    smallest size checked, EXIF orientation applied, 16-bit scaled, transparency over white, animations refused."""
+    return _to_rgb(image, name)
 
 
 def _as_input_tensor(image: Any, name: str) -> torch.Tensor:
     """PIL image, tensor, file path or an earlier Result (its first image) -> checked (B, 3, H, W) tensor; alpha
-    and grey images become RGB."""
+    and grey images become RGB. Every image input of every surface passes here: one pixel limit for all."""
     if isinstance(image, Result):
         image = image.tensors[:1]
     if isinstance(image, (str, os.PathLike)):
         image = load_image(image)
     if isinstance(image, Image.Image):
-        image = to_rgb(image)
+        image = to_rgb(image, name)
     if not isinstance(image, (Image.Image, torch.Tensor)):
         raise ParameterError(f"{name} must be a PIL image, a (B, 3, H, W) tensor in [0, 1] or a file path, "
                              f"got {type(image).__name__}")
-    return as_tensor(image)
+    return as_tensor(image, name=name)
 
 
 def _as_mask(mask: Any) -> torch.Tensor:
-    """A region mask: PIL (white = edit) or tensor (B|1, 1, H, W) in [0, 1]."""
+    """A region mask: PIL (white = edit) or tensor (B|1, 1, H, W) in [0, 1]; sizes checked like images."""
     if isinstance(mask, (str, os.PathLike)):
-        mask = Image.open(mask)
+        mask = load_mask(mask)
     if isinstance(mask, Image.Image):
-        return torch.from_numpy(np.asarray(mask.convert("L"), dtype=np.float32) / 255.0)[None, None]
+        return torch.from_numpy(np.asarray(to_grey(mask), dtype=np.float32) / 255.0)[None, None]
     if isinstance(mask, torch.Tensor):
         m = mask.float()
         while m.ndim < 4:
             m = m.unsqueeze(0)
+        check_image_size(m.shape[-1], m.shape[-2], name="mask", count=m.shape[0] * m.shape[1])
         return m
     raise ParameterError(f"mask must be a PIL image or a tensor, got {type(mask).__name__}")
 
@@ -197,7 +207,8 @@ def build_settings(method: str | None = None, settings: Any = None, **overrides:
         raise ParameterError(f"settings must be a preset name/path, Preset, dict or Settings instance, "
                              f"got {type(settings).__name__}")
     m = get_method(method)
-    return m, settings_from_dict(m.name, {**base, **overrides})
+    # the seed policy (guidance.runs.resolve_seed): -1 draws one, huge ones are reduced; the record holds the result
+    return m, with_seed(settings_from_dict(m.name, {**base, **overrides}))
 
 
 def _clip_for(m: Method, clip: ClipModel | str | None) -> ClipModel | None:

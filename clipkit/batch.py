@@ -9,8 +9,13 @@
   N > 1: generate, diffusion) writes all N, ``<input stem>-1.png`` ... ``-N.png``, each carrying the batch's
   settings (any one of them reproduces the batch). A rerun skips outputs that already
   carry the same settings (resume); an output made with other settings is a failure for that file unless
-  ``--overwrite``. Outputs that would land on an input, or two inputs with one output name, stop the run before
-  anything is written.
+  ``--overwrite``. Outputs that would land on an input, a mask, the preset or another protected file (whatever
+  ``--overwrite`` says), two inputs with one output name, a mask folder that is the output folder, and an output
+  folder that cannot be created or written stop the run before anything is written.
+- One failing input (an unreadable image, a broken file, any error of its run) is logged with its reason and the
+  run goes on to the next; the summary lists the failures.
+- The output folder is locked by the job writing it (``OUTPUT/.clipkit.lock``, see ``guidance.files.OutputLock``):
+  a second job on the same folder is refused until the first ends; the lock of a job that died is taken over.
 - Every run appends to its own JSON-lines log ``OUTPUT/batch-<UTC time>.jsonl``: a ``start`` line (preset,
   settings, command), a ``file`` line per input (status, output, seconds, timings, final losses, error) and a
   ``summary`` line. The exit status is 0 when nothing failed, 1 when some file failed.
@@ -34,6 +39,7 @@ from tqdm.auto import tqdm
 from clipkit import api
 from clipkit.guidance.clip import TINY_MODEL
 from clipkit.guidance.errors import ClipKitError, ParameterError
+from clipkit.guidance.files import OutputLock, check_not_protected, check_output_dir
 from clipkit.guidance.images import numbered_outputs, plan_outputs, read_settings
 from clipkit.presets import load_preset, settings_dict
 from clipkit.registry import Method
@@ -111,8 +117,10 @@ def expand_inputs(patterns: list[str], exts: tuple[str, ...]) -> list[Path]:
     return list(found)
 
 
-def plan(spec: BatchSpec, inputs: list[Path], output: Path, overwrite: bool = False) -> list[Job]:
-    """Jobs with their output names and resume status; refuses outputs on inputs and name collisions.
+def plan(spec: BatchSpec, inputs: list[Path], output: Path, overwrite: bool = False,
+         protect: list[Path] | tuple[Path, ...] = ()) -> list[Job]:
+    """Jobs with their output names and resume status; refuses outputs on inputs or on ``protect`` (masks, the
+    preset ...), whatever ``overwrite`` says, and name collisions.
 
     An output counts as done when it carries the same settings and, where it records one, the same CLIP
     (``spec.clip_name``: the test CLIP's name in test mode), so test-mode outputs are never taken for real ones."""
@@ -120,6 +128,10 @@ def plan(spec: BatchSpec, inputs: list[Path], output: Path, overwrite: bool = Fa
         raise ParameterError(f"the output folder {output} holds inputs; choose another --output "
                              "(inputs are never written over)")
     jobs = [Job(p, out, outputs=numbered_outputs(out, spec.images)) for p, out in plan_outputs(inputs, output)]
+    try:
+        check_not_protected([o for j in jobs for o in j.outputs], [*inputs, *protect], "an input, a mask or the preset")
+    except ClipKitError as e:
+        raise ParameterError(f"{e} (inputs, masks and presets are never written over, even with --overwrite)") from e
     for j in jobs:  # numbered names cannot collide: the number after the last "-" tells them apart
         there = [o for o in j.outputs if o.exists()]
         if not there or overwrite:
@@ -206,7 +218,7 @@ def run_batch(
     token = api.CancelToken()
     spec = method_spec(method, settings, clip=clip, cancel=token, label=p.name)
     return run_spec(spec, inputs, output, dry_run=dry_run, overwrite=overwrite, progress=progress, out=out,
-                    masks=masks, cancel=token, preset=p.name)
+                    masks=masks, cancel=token, preset=p.name, protect=(p.path,) if p.path is not None else ())
 
 
 def run_spec(
@@ -221,10 +233,13 @@ def run_spec(
     masks: str | os.PathLike | None = None,
     cancel: api.CancelToken | None = None,
     preset: str | None = None,
+    protect: tuple[str | os.PathLike, ...] = (),
 ) -> int:
     """The batch loop every surface shares; returns the exit status (0 ok, 1 some files failed, 130 interrupted).
 
-    ``cancel``: the token ``spec.run_one`` passes to its runs, set on Ctrl-C so the run in flight stops too."""
+    ``cancel``: the token ``spec.run_one`` passes to its runs, set on Ctrl-C so the run in flight stops too.
+    ``protect``: files no output may replace besides the inputs and masks (the preset file). Everything that could
+    stop the run is checked before any work; then the output folder is locked for the run (``OutputLock``)."""
     out = out or sys.stderr  # looked up per call: tests and wrappers swap sys.stderr
     output = Path(output)
     exts = IMAGE_EXTS if spec.image_input else TEXT_EXTS
@@ -232,23 +247,47 @@ def run_spec(
         raise ParameterError(f"method '{spec.method}' takes no mask; drop --masks")
     if masks is not None and not Path(masks).is_dir():
         raise ParameterError(f"--masks {masks}: no such folder")
+    if masks is not None and output.resolve() == Path(masks).resolve():
+        raise ParameterError(f"--output {output} is the --masks folder: the outputs would replace the masks; choose "
+                             "another output folder (masks are never written over, even with --overwrite)")
     files = expand_inputs(inputs, exts)
     if not files:
         raise ParameterError(f"no inputs found in {', '.join(inputs)} (looking for {', '.join(exts)} files)")
-    jobs = plan(spec, files, output, overwrite)
-    todo = [j for j in jobs if j.status == "todo"]
-    label = spec.label or spec.method
+    extra = tuple(Path(p) for p in protect if p is not None)
+    guarded = (*(p for p in Path(masks).iterdir() if p.is_file()), *extra) if masks is not None else extra
+    check_output_dir(output, create=not dry_run)
     if dry_run:
-        for j in jobs:
-            verb = {"todo": "run ", "done": "skip", "conflict": "FAIL"}[j.status]
-            note = {"done": "  (done, same settings)",
-                    "conflict": "  (exists with other settings; --overwrite to redo)"}.get(j.status, "")
-            print(f"{verb} {j.input} -> {_names(j)}{note}", file=out)
-        what = f"preset {preset} ({spec.method})" if preset else spec.method
-        print(f"dry run: {len(todo)} to run, {len(jobs) - len(todo)} already there; {what}; nothing written",
-              file=out)
-        return 0
+        return _dry_run(spec, plan(spec, files, output, overwrite, guarded), out, preset)
+    try:
+        lock = OutputLock(output, "clipkit batch").acquire()
+    except OSError as e:
+        raise ParameterError(f"cannot lock the output folder {output}: {e.strerror or e}") from e
+    try:  # planned under the lock: what another job wrote before it is seen
+        return _run_jobs(spec, plan(spec, files, output, overwrite, guarded), output, out, masks, cancel, preset,
+                         progress, extra)
+    finally:
+        lock.release()
 
+
+def _dry_run(spec: BatchSpec, jobs: list[Job], out: TextIO, preset: str | None) -> int:
+    """List what a run would do; write nothing."""
+    todo = [j for j in jobs if j.status == "todo"]
+    for j in jobs:
+        verb = {"todo": "run ", "done": "skip", "conflict": "FAIL"}[j.status]
+        note = {"done": "  (done, same settings)",
+                "conflict": "  (exists with other settings; --overwrite to redo)"}.get(j.status, "")
+        print(f"{verb} {j.input} -> {_names(j)}{note}", file=out)
+    what = f"preset {preset} ({spec.method})" if preset else spec.method
+    print(f"dry run: {len(todo)} to run, {len(jobs) - len(todo)} already there; {what}; nothing written", file=out)
+    return 0
+
+
+def _run_jobs(spec: BatchSpec, jobs: list[Job], output: Path, out: TextIO, masks: str | os.PathLike | None,
+              cancel: api.CancelToken | None, preset: str | None, progress: bool,
+              protect: tuple[Path, ...]) -> int:
+    """Run the planned jobs (the output folder is locked): one failing input is logged and the run goes on.
+    ``protect``: files besides each job's input and mask that no write may replace (the preset)."""
+    label = spec.label or spec.method
     now = time.time_ns()  # one reading for both parts: names sort in start order even across a second's edge
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(now // 10**9))
     log = _Log(output / f"batch-{stamp}-{now % 10**9:09d}-{os.getpid()}.jsonl")
@@ -290,14 +329,15 @@ def run_spec(
                     spec.on_result(j, result)
                 if len(result.images) != len(j.outputs):
                     raise RuntimeError(f"the run returned {len(result.images)} images for {len(j.outputs)} outputs")
+                guard = (j.input, *([kwargs["mask"]] if "mask" in kwargs else []), *protect)  # checked again at write
                 for i, path in enumerate(j.outputs):
-                    result.save(path, index=i, protect=(j.input,))
+                    result.save(path, index=i, protect=guard)
             except ClipKitError as e:
                 counts["failed"] += 1
                 failures.append((j.input, str(e)))
                 log.write(**row, status="failed", error=str(e), seconds=round(time.perf_counter() - t0, 3))
                 continue
-            except (OSError, RuntimeError, ValueError) as e:
+            except Exception as e:  # any failure of one input (a broken file raises anything) costs that input only
                 counts["failed"] += 1
                 failures.append((j.input, f"{type(e).__name__}: {e}"))
                 log.write(**row, status="failed", error=f"{type(e).__name__}: {e}",

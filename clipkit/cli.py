@@ -23,18 +23,25 @@ from clipkit.registry import Method, methods
 def cmd_run(args: argparse.Namespace) -> int:
     """One method with flags over a preset (``--preset``: a name or an earlier output PNG) over defaults."""
     from clipkit import api
-    from clipkit.guidance.images import check_output_path, load_image, numbered_outputs
+    from clipkit.guidance.files import check_not_protected
+    from clipkit.guidance.images import check_output_path, load_image, load_mask, numbered_outputs
 
     m = api.get_method(args.method)
     check_output_path(args.out)  # before any work: a wrong suffix or an unwritable folder fails now
     overrides = {k: v for k, v in vars(args).items() if k in set(m.field_names()) and v is not None}
-    images = {i.name: load_image(getattr(args, i.name)) for i in m.image_inputs}
+    sources = {i.name: getattr(args, i.name) for i in m.image_inputs}
     if getattr(args, "mask", None) is not None:
-        images["mask"] = load_image(args.mask)
+        sources["mask"] = args.mask
+    # outputs never replace what the run reads: its images, its mask, the preset (a PNG whose settings it reuses)
+    protect = (*sources.values(), *([args.preset] if args.preset and Path(args.preset).is_file() else []))
+    _, settings = api.build_settings(m.name, args.preset, **overrides)
+    check_not_protected(numbered_outputs(args.out, int(getattr(settings, "batch", 1) or 1)), protect,
+                        "an input of this run")
+    images = {k: (load_mask(v) if k == "mask" else load_image(v)) for k, v in sources.items()}
     clip = "tiny" if _test_models(args) else None
-    result = api.run(m.name, args.preset, clip=clip, progress=not args.quiet, **images, **overrides)
+    result = api.run(m.name, settings, clip=clip, progress=not args.quiet, **images)
     paths = numbered_outputs(args.out, len(result.images))
-    out = ", ".join(str(result.save(path, index=i)) for i, path in enumerate(paths))
+    out = ", ".join(str(result.save(path, index=i, protect=protect)) for i, path in enumerate(paths))
     last = result.history[-1] if result.history else {}
     seconds = sum(v for k, v in result.record["timings"].items() if k.endswith("_s"))
     losses = "  ".join(f"{k}={v:.4f}" for k, v in last.items() if v == v)  # NaN (no loss) is left out
@@ -52,28 +59,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from clipkit.ui.app import serve
 
     serve(host=args.host, port=args.port, test_models=_test_models(args), output_dir=args.output_dir,
-          concurrency=args.concurrency, inbrowser=args.open)
+          concurrency=args.concurrency, inbrowser=args.open, weights_dirs=args.weights_dir)
     return 0
 
 
-def _parse_set(items: list[str]) -> dict:
-    """--set key=value pairs; values are JSON when they parse (numbers, true, null), else strings."""
+def _parse_set(items: list[str]) -> dict[str, str]:
+    """--set key=value pairs, as texts: ``presets.text_overrides`` reads each by its field's declared type."""
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise SystemExit(f"--set expects key=value, got {item!r}")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
+        out[key] = value
     return out
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
     from clipkit.batch import run_batch
+    from clipkit.presets import load_preset, text_overrides
 
-    return run_batch(args.preset, args.input, args.output, _parse_set(args.set), dry_run=args.dry_run,
+    method = args.method or load_preset(args.preset).method
+    overrides = text_overrides(method, _parse_set(args.set))
+    return run_batch(args.preset, args.input, args.output, overrides, dry_run=args.dry_run,
                      overwrite=args.overwrite, clip="tiny" if _test_models(args) else None,
                      progress=not args.no_progress, masks=args.masks, method_name=args.method)
 
@@ -198,6 +205,9 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output-dir", type=Path, default=None, help="where results are written (outputs/app)")
     p.add_argument("--concurrency", type=int, default=1, help="runs at once across all users (memory bound)")
     p.add_argument("--open", action="store_true", help="open a browser tab")
+    p.add_argument("--weights-dir", action="append", default=[], type=Path,
+                   help="a folder whose weights files clients may name (repeatable; also $CLIPKIT_WEIGHTS_DIR); "
+                        "the app accepts no other server path")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from clipkit.guidance.errors import ClipKitError, ParameterError
+from clipkit.guidance.limits import MAX_JSON_DEPTH, json_depth, loads_json
 
 FORMAT = "clipkit-preset"
 VERSION = 1
@@ -31,6 +32,8 @@ USER_DIR_ENV = "CLIPKIT_USER_PRESETS"
 TOP_KEYS = ("format", "version", "name", "method", "description", "settings")
 REQUIRED_KEYS = ("format", "version", "method", "settings")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,79}$")
+FILE_SUFFIXES = (".json", ".png")  # a reference ending so is read as a file, never looked up as a name
+MAX_PRESET_BYTES = 1 << 20
 
 
 class PresetError(ParameterError):
@@ -131,6 +134,8 @@ def settings_from_dict(method: str, values: dict[str, Any], source: str | None =
     m = get_method(method)
     if not isinstance(values, dict):
         raise PresetError(f"{pre}'settings' must be an object of {method} settings, got {type(values).__name__}")
+    if json_depth(values) > MAX_JSON_DEPTH:
+        raise PresetError(f"{pre}settings nested deeper than {MAX_JSON_DEPTH} levels; no setting needs that")
     valid = m.field_names()
     unknown = [k for k in values if k not in valid]
     if unknown:
@@ -157,6 +162,30 @@ def settings_from_dict(method: str, values: dict[str, Any], source: str | None =
         raise PresetError(f"{pre}{e}") from e
 
 
+def text_overrides(method: str, items: dict[str, str]) -> dict[str, Any]:
+    """``KEY=VALUE`` texts (``clipkit batch --set``) as values of ``method``'s settings, by each field's declared
+    type: a text field takes the text as it is (``prompt=1984`` is the prompt "1984"; ``null`` is None where the
+    field may be None), any other field reads it as JSON (numbers, true/false, null, lists), falling back to the
+    text (which the type check then names). Unknown keys pass through, for ``settings_from_dict`` to name."""
+    from clipkit.registry import get_method
+
+    hints = typing.get_type_hints(get_method(method).settings_cls)
+    out: dict[str, Any] = {}
+    for key, text in items.items():
+        hint = hints.get(key)
+        arms = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+        takes_none = type(None) in arms
+        textual = [a for a in arms if a is str or typing.get_origin(a) is typing.Literal]
+        if textual and not (takes_none and text == "null"):
+            out[key] = text
+            continue
+        try:
+            out[key] = loads_json(text, f"setting '{key}'")
+        except ValueError:
+            out[key] = text
+    return out
+
+
 def settings_dict(settings: Any) -> dict[str, Any]:
     """All fields of a Settings instance as JSON-ready values."""
     return {f.name: _jsonable(getattr(settings, f.name)) for f in fields(settings)}
@@ -170,6 +199,8 @@ def parse_preset(data: Any, source: str = "preset") -> Preset:
     """Validate a decoded preset document (see module doc) into a Preset with complete settings."""
     if not isinstance(data, dict):
         raise PresetError(f"{source}: a preset is a JSON object, got {type(data).__name__}")
+    if json_depth(data) > MAX_JSON_DEPTH:
+        raise PresetError(f"{source}: nested deeper than {MAX_JSON_DEPTH} levels; no preset needs that")
     unknown = [k for k in data if k not in TOP_KEYS]
     if unknown:
         raise PresetError(f"{source}: unknown key{'s' if len(unknown) > 1 else ''} "
@@ -212,6 +243,8 @@ def preset_from_record(record: dict[str, Any], name: str = "from-image", source:
     settings = record.get("settings", record) if isinstance(record, dict) else record
     if not isinstance(settings, dict) or "method" not in settings:
         raise PresetError(f"{source}: carries no clipkit settings with a 'method' (not a clipkit output?)")
+    if json_depth(settings) > MAX_JSON_DEPTH:
+        raise PresetError(f"{source}: settings nested deeper than {MAX_JSON_DEPTH} levels; no setting needs that")
     values = dict(settings)
     method = values.pop("method")
     try:
@@ -234,16 +267,20 @@ def read_preset_file(path: str | os.PathLike) -> Preset:
     if path.suffix.lower() == ".png":
         try:
             record = read_settings(path)
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, SyntaxError) as e:
             raise PresetError(f"{path}: cannot read embedded settings: {e}") from e
         if not record:
             raise PresetError(f"{path}: this PNG carries no clipkit settings")
         p = preset_from_record(record, name=_safe_name(path.stem), source=str(path))
     else:
+        if path.stat().st_size > MAX_PRESET_BYTES:
+            raise PresetError(f"{path}: over {MAX_PRESET_BYTES // 1024} KB; a preset is a small JSON file")
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = loads_json(path.read_text(encoding="utf-8"), str(path))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise PresetError(f"{path}: not valid JSON: {e}") from e
+        except ParameterError as e:  # nested too deeply
+            raise PresetError(str(e)) from e
         p = parse_preset(data, str(path))
     p.path = path
     return p
@@ -279,39 +316,96 @@ def list_presets(method: str | None = None) -> list[Preset]:
     return sorted(out.values(), key=lambda p: p.name)
 
 
+def find_named(name: str) -> Preset | None:
+    """The shipped or saved preset called ``name`` (shipped first), or None."""
+    if not isinstance(name, str) or not _NAME.match(name):
+        return None
+    for d in preset_dirs():
+        if (d / f"{name}.json").is_file():
+            return read_preset_file(d / f"{name}.json")
+    for p in list_presets():
+        if p.name == name:
+            return p
+    return None
+
+
 def load_preset(ref: str | os.PathLike | Preset) -> Preset:
-    """A preset by name (shipped or saved), by .json path, or from a clipkit .png output."""
+    """A preset by name (shipped or saved), by .json path, or from a clipkit .png output.
+
+    A reference ending in .json or .png is a file; otherwise a preset name comes first, then a file of that path
+    (so a name never depends on what files happen to sit in the current folder)."""
     if isinstance(ref, Preset):
         return ref
     path = Path(ref).expanduser()
-    if path.suffix.lower() in (".json", ".png") or path.is_file():
+    if path.suffix.lower() in FILE_SUFFIXES or (isinstance(ref, os.PathLike) and path.is_file()):
         return read_preset_file(path)
-    for d in preset_dirs():
-        if (d / f"{ref}.json").is_file():
-            return read_preset_file(d / f"{ref}.json")
-    for p in list_presets():
-        if p.name == str(ref):
-            return p
+    found = find_named(str(ref))
+    if found is not None:
+        return found
+    if path.is_file():
+        return read_preset_file(path)
     names = ", ".join(p.name for p in list_presets()) or "none"
     raise PresetError(f"no preset named '{ref}'; known presets: {names} (or pass a .json / .png path)")
 
 
-def save_preset(preset: Preset, path: str | os.PathLike | None = None) -> Path:
-    """Write a preset (complete settings) as JSON; default path: the user preset folder, ``<name>.json``."""
-    from clipkit.guidance.images import atomic_write
+def shipped_names() -> set[str]:
+    """Names of the presets the installed families ship (their file stems and the names inside them)."""
+    names: set[str] = set()
+    for d in shipped_preset_dirs():
+        for path in d.glob("*.json"):
+            names.add(path.stem)
+            try:
+                names.add(read_preset_file(path).name)
+            except ParameterError:
+                continue
+    return names
 
+
+def check_preset_name(name: Any) -> str:
+    """A name a preset can be saved under and loaded back by: 1-80 letters, digits, spaces, '.', '_' or '-',
+    starting with a letter or digit, not ending in .json or .png (such a reference is read as a file)."""
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise PresetError(f"preset name must be 1-80 letters, digits, spaces, '.', '_' or '-', starting with a "
+                          f"letter or digit; got {name!r}")
+    if name.lower().endswith(FILE_SUFFIXES) or name != name.strip():
+        raise PresetError(f"preset name {name!r} cannot be loaded back by name (a name ending in .json or .png is "
+                          "read as a file path); drop the extension")
+    if _safe_name(name) != name:
+        raise PresetError(f"preset name {name!r} cannot end in '.', '-' or a space; drop it")
+    return name
+
+
+def save_preset(preset: Preset, path: str | os.PathLike | None = None, overwrite: bool = False) -> Path:
+    """Write a preset (complete settings) as JSON; default path: the user preset folder, ``<name>.json``.
+
+    Refused with a PresetError: a name that could not be loaded back (``check_preset_name``), the name of a shipped
+    preset (it would shadow the save), and an existing file unless ``overwrite`` (another user's preset of the same
+    name is never replaced silently; the check and the write are one atomic step)."""
+    from clipkit.guidance.files import atomic_write
+
+    if path is None:
+        check_preset_name(preset.name)
+        if preset.name in shipped_names():
+            raise PresetError(f"'{preset.name}' is the name of a shipped preset; save yours under another name")
     parse_preset(preset.to_json(), preset.name)  # never write a file that would not load back
-    path = Path(path) if path is not None else user_preset_dir() / f"{_safe_name(preset.name)}.json"
+    path = Path(path) if path is not None else user_preset_dir() / f"{preset.name}.json"
     text = json.dumps(preset.to_json(), indent=2) + "\n"
-    return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+    try:
+        return atomic_write(path, lambda f: f.write(text.encode("utf-8")), overwrite=overwrite)
+    except FileExistsError as e:
+        raise PresetExistsError(f"a preset named '{preset.name}' already exists ({path.name}); choose another "
+                                "name, or replace it explicitly (overwrite)") from e
+
+
+class PresetExistsError(PresetError):
+    """Saving would replace an existing preset file, and overwriting was not asked for."""
 
 
 def make_preset(method: str, settings: Any, name: str, description: str = "") -> Preset:
-    """A Preset from a Settings instance or a dict of values (validated)."""
+    """A Preset from a Settings instance or a dict of values (validated; the name must load back)."""
+    check_preset_name(name)
     values = settings_dict(settings) if not isinstance(settings, dict) else settings
     s = settings_from_dict(method, dict(values), f"preset '{name}'")
-    if not _NAME.match(name):
-        raise PresetError(f"preset name must be 1-80 letters, digits, spaces, '.', '_' or '-', got {name!r}")
     return Preset(name, method, settings_dict(s), description)
 
 
@@ -326,6 +420,7 @@ def preset_values(m: Any, preset: Preset) -> dict[str, Any]:
                       + (f" (it takes presets of {', '.join(m.borrows)} too)" if m.borrows else ""))
 
 
-__all__ = ["FORMAT", "VERSION", "Preset", "PresetError", "load_preset", "list_presets", "parse_preset",
-           "preset_from_record", "preset_values", "read_preset_file", "save_preset", "make_preset",
-           "settings_from_dict", "settings_dict", "shipped_preset_dirs", "user_preset_dir"]
+__all__ = ["FORMAT", "VERSION", "Preset", "PresetError", "PresetExistsError", "load_preset", "list_presets",
+           "parse_preset", "preset_from_record", "preset_values", "read_preset_file", "save_preset", "make_preset",
+           "check_preset_name", "settings_from_dict", "settings_dict", "shipped_preset_dirs", "text_overrides",
+           "user_preset_dir"]

@@ -37,6 +37,15 @@ class Control:
     step: float | None = None
     choices: tuple[str, ...] | None = None
     advanced: bool = False
+    # The field names a file or folder on the machine that runs it (weights, a model folder). None: decided by the
+    # field's name (``PATH_FIELDS``). The app accepts only shipped names or files in its weights folders there.
+    path: bool | None = None
+
+
+# Settings fields that name weights files or model folders, whichever family declares them.
+PATH_FIELDS = ("checkpoint", "diffusion_model", "pretrained", "content_weights", "weights", "network", "generator",
+               "stylegan", "encoder", "vgg_weights", "model_path", "clip_weights")
+PATH_SUFFIXES = ("_checkpoint", "_weights", "_path", "_file", "_folder", "_model")
 
 
 @dataclass(frozen=True)
@@ -98,6 +107,16 @@ class Method:
 
     def field_names(self) -> list[str]:
         return [f.name for f in fields(self.settings_cls)]
+
+    def path_fields(self) -> list[str]:
+        """Settings fields naming a file or folder on the machine that runs the method (``Control.path``, else by
+        name: ``PATH_FIELDS``, or a name ending in ``PATH_SUFFIXES``)."""
+        out = []
+        for name in self.field_names():
+            flag = self.controls.get(name, Control()).path
+            if flag or (flag is None and (name in PATH_FIELDS or name.endswith(PATH_SUFFIXES))):
+                out.append(name)
+        return out
 
     def defaults(self) -> Any:
         return self.settings_cls()

@@ -1,6 +1,6 @@
 """How world CLIPs read red circles off the training distribution: blurred, small, huge and cut by the frame.
 
-    python experiments/judge_probes.py [--judge runs/shade-judge/final.safetensors --judge runs/fast-judge/final.safetensors]
+    python experiments/judge_probes.py [--judge runs/shade-judge/final.safetensors --judge runs/fast.safetensors]
 
 Held-out accuracy is measured on rendered scenes; a judge of guided images also meets soft edges, odd sizes and
 shapes that leave the frame.  Each probe is one red circle on a plain white background, changed one way; every

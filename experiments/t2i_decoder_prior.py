@@ -3,7 +3,7 @@
     python experiments/t2i_decoder_prior.py [--guide PATH ...] [--judge PATH ...] [--batch 4] [--save DIR]
 
 The prior is the VAE of a latent diffusion model (default the shipped world-ldm: diffusers' AutoencoderKL, 32 px,
-a 8 x 4 x 4 latent, trained by `clipkit train-world-ldm`).  Text to image then optimises the
+a 8 x 4 x 4 latent, trained by `clipkit train world-ldm`).  Text to image then optimises the
 latent, as VQGAN-CLIP does with its decoder and StyleCLIP with StyleGAN's w (CLIP loss plus an L2 pull of the
 latent toward 0), instead of the pixels.  Per guide, the baseline is `generate` with its defaults on the same
 seeds, in the same run.  Prints, per guide and parameterisation, how many images each judge ranks first as the

@@ -3,7 +3,7 @@
     python experiments/t2i_latent_diffusion.py [--guide PATH] [--judge PATH ...] [--batch 8] [--seed 0] [--save DIR]
 
 The generator is a latent diffusion model folder (default the shipped world-ldm, trained by
-`clipkit train-world-ldm`); the sampler is the `diffusion` method (clipkit/methods/diffusion/
+`clipkit train world-ldm`); the sampler is the `diffusion` method (clipkit/methods/diffusion/
 clip_guided_diffusion.py).  Variants measured against the pixel method's defaults on the same seeds, in the same
 run: unguided samples, the two guidance forms ("eps": classifier guidance on the noise; "x0": a step on the
 predicted clean latent), self-recurrence (passes per step) and, for a text-conditioned model, classifier-free

@@ -113,7 +113,7 @@ def test_non_rgb_image_is_refused_with_hint():
 
 def test_load_image_converts_alpha_and_rejects_non_images(tmp_path):
     p = tmp_path / "a.png"
-    Image.new("RGBA", (4, 4), (255, 0, 0, 0)).save(p)
+    Image.new("RGBA", (8, 8), (255, 0, 0, 0)).save(p)
     assert load_image(p).getpixel((0, 0)) == (255, 255, 255)  # transparent -> white
     txt = tmp_path / "notes.png"
     txt.write_text("hello")

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from clipkit.guidance import weights
 from clipkit.guidance.errors import CheckpointError, ModelNameError, WeightsNotFoundError
 from clipkit.guidance.images import check_images
-from clipkit.guidance.runs import seeded_init
+from clipkit.guidance.runs import model_loading, seeded_init
 
 CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"  # the core's own: the tiny test CLIP
 TINY_MODEL = "tiny-clip"
@@ -229,7 +229,8 @@ def load_clip(
         # A file found for a published tag is loaded as a file, so carry over what the tag implies
         # (e.g. OpenAI's QuickGELU); otherwise the network would silently compute something else.
         quick_gelu = bool(resolved.tag_cfg.get("quick_gelu", False))
-        model = open_clip.create_model(name, pretrained=str(path), device="cpu", force_quick_gelu=quick_gelu)
+        with model_loading():  # its random init must not interleave with another thread's seeded build
+            model = open_clip.create_model(name, pretrained=str(path), device="cpu", force_quick_gelu=quick_gelu)
     except (RuntimeError, ValueError, OSError, KeyError, EOFError) as e:
         raise CheckpointError(f"could not load CLIP checkpoint {path} for {name}: {e}") from e
     except Exception as e:  # safetensors and zip readers raise their own types on corrupt files

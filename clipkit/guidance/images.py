@@ -9,18 +9,21 @@ import base64
 import io
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, PngImagePlugin, UnidentifiedImageError
+from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from clipkit.guidance.errors import ImageError, ParameterError
+from clipkit.guidance.files import atomic_write, check_output_dir
+from clipkit.guidance.limits import check_image_size, loads_json
 
 SETTINGS_KEY = "clipkit"
 MAX_SIDE = 8192
+ORIENTATION = 0x0112  # the EXIF tag cameras set instead of turning the pixels
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
 def check_images(images: torch.Tensor, name: str = "images") -> torch.Tensor:
@@ -68,55 +71,111 @@ def tensor_to_pil(images: torch.Tensor) -> Image.Image:
     return Image.fromarray(arr, "RGB")
 
 
-def as_tensor(image: Image.Image | torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:
-    """Accept what users pass (PIL or tensor) and return a checked (B, 3, H, W) tensor."""
+def check_still(image: Image.Image, name: str = "image") -> Image.Image:
+    """Refuse an animated image (GIF, APNG, WebP, multi-page TIFF) instead of silently taking its first frame."""
+    frames = getattr(image, "n_frames", 1) or 1
+    if frames > 1:
+        raise ImageError(f"{name} has {frames} frames (an animation or a multi-page file); clipkit works on still "
+                         "images: save the frame you want as a PNG and pass that")
+    return image
+
+
+def oriented(image: Image.Image) -> Image.Image:
+    """The picture as the camera meant it: turned by its EXIF orientation tag (the tag is dropped), else as is."""
+    try:
+        turn = image.getexif().get(ORIENTATION, 1)
+    except (OSError, ValueError, SyntaxError):  # a damaged EXIF block: the pixels are still good
+        return image
+    return ImageOps.exif_transpose(image) if turn not in (None, 1) else image
+
+
+def to_8bit(image: Image.Image) -> Image.Image:
+    """16-bit greyscale ("I;16", "I": what 16-bit PNGs and TIFFs open as) scaled to 8-bit "L" (65535 -> 255);
+    PIL's own convert would clip every value over 255 to white. Other modes pass unchanged."""
+    if image.mode not in _SIXTEEN_BIT:
+        return image
+    arr = np.asarray(image).astype(np.float64)
+    return Image.fromarray(np.clip(np.round(arr / 257.0), 0, 255).astype(np.uint8), "L")
+
+
+def to_rgb(image: Image.Image, name: str = "image") -> Image.Image:
+    """Any PIL image input as 8-bit RGB: checked (a still image within the pixel limit), turned by its EXIF
+    orientation, 16-bit scaled to 8-bit, transparency over white. Files (``load_image``), the API and the app
+    all go through it."""
+    if not isinstance(image, Image.Image):
+        raise ImageError(f"{name}: expected a PIL image, got {type(image).__name__}")
+    check_still(image, name)
+    check_image_size(*image.size, name=name)
+    image = to_8bit(oriented(image))
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def to_grey(image: Image.Image, name: str = "mask") -> Image.Image:
+    """A mask input as 8-bit "L" (white = edit), checked and oriented like ``to_rgb``."""
+    if not isinstance(image, Image.Image):
+        raise ImageError(f"{name}: expected a PIL image, got {type(image).__name__}")
+    check_still(image, name)
+    check_image_size(*image.size, name=name)
+    image = to_8bit(oriented(image))
+    return image if image.mode == "L" else image.convert("L")
+
+
+def check_input_tensor(images: torch.Tensor, name: str = "images") -> torch.Tensor:
+    """An image tensor a user passed: its shape, then its size (before any pass over its values), then its range."""
+    check_images(images, name)
+    check_image_size(images.shape[-1], images.shape[-2], name=name, count=images.shape[0])
+    return check_range(images, name)
+
+
+def as_tensor(image: Image.Image | torch.Tensor, device: torch.device | str | None = None,
+              name: str = "images") -> torch.Tensor:
+    """Accept what users pass (PIL or tensor) and return a checked (B, 3, H, W) tensor (the pixel limit and the
+    smallest size apply; a PIL image is turned by its EXIF orientation)."""
     if isinstance(image, Image.Image):
-        t = pil_to_tensor(image)
+        check_still(image, name)
+        check_image_size(*image.size, name=name)
+        t = pil_to_tensor(oriented(image))
     else:
         t = image.unsqueeze(0) if isinstance(image, torch.Tensor) and image.ndim == 3 else image
-        check_range(t)
+        check_input_tensor(t, name)
     return t.to(device) if device is not None else t
 
 
-def load_image(path: str | os.PathLike, max_side: int = MAX_SIDE) -> Image.Image:
-    """Open an image file as RGB; grey, palette and alpha images are converted (alpha over white)."""
+def open_image(path: str | os.PathLike, max_side: int = MAX_SIDE, name: str | None = None) -> Image.Image:
+    """An image file, decoded after checking from its header (before decoding) that it is one still image within
+    the size limits."""
     path = Path(path)
+    label = name or str(path)
     if not path.is_file():
         raise ImageError(f"image file not found: {path}")
     try:
         img = Image.open(path)
-        img.load()
-    except (UnidentifiedImageError, OSError) as e:
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"{label}: {e}; resize it first") from e
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ImageError(f"cannot read {path} as an image: {e}") from e
     if max(img.size) > max_side:
         raise ImageError(f"{path} is {img.size[0]}x{img.size[1]}; the largest side allowed is {max_side}")
-    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(bg, rgba)
-    return img.convert("RGB") if img.mode != "RGB" else img
-
-
-def atomic_write(path: str | os.PathLike, write, protect: tuple[str | os.PathLike, ...] = ()) -> Path:
-    """Write through a temp file in the same folder, then rename: a crash never leaves half a file.
-
-    `protect` lists input paths that must never be overwritten.
-    """
-    path = Path(path)
-    for p in protect:
-        if Path(p).exists() and path.exists() and os.path.samefile(p, path):
-            raise ImageError(f"refusing to write over the input file {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    check_image_size(*img.size, name=label)
+    check_still(img, label)
     try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+        img.load()
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise ImageError(f"cannot read {path} as an image: {e}") from e
+    return img
+
+
+def load_image(path: str | os.PathLike, max_side: int = MAX_SIDE) -> Image.Image:
+    """An image file as RGB (``to_rgb``: orientation applied, 16-bit scaled, alpha over white; limits checked)."""
+    return to_rgb(open_image(path, max_side), str(path))
+
+
+def load_mask(path: str | os.PathLike) -> Image.Image:
+    """A mask file as 8-bit "L" (white = edit), oriented and checked like an image."""
+    return to_grey(open_image(path), str(path))
 
 
 def save_image(
@@ -171,21 +230,18 @@ def check_output_path(path: str | os.PathLike) -> Path:
         raise ParameterError(f"output {path} must be a .png file (the settings travel inside the PNG)")
     if path.is_dir():
         raise ParameterError(f"output {path} is a folder; name a .png file inside it")
-    parent = path.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ParameterError(f"cannot create the output folder {parent}: {e.strerror or e}") from e
-    if not os.access(parent, os.W_OK):
-        raise ParameterError(f"cannot write into the output folder {parent} (permission denied)")
+    check_output_dir(path.parent)
     return path
 
 
 def read_settings(path: str | os.PathLike) -> dict[str, Any]:
     """The settings a toolkit PNG carries (empty dict when it carries none)."""
-    with Image.open(path) as img:
-        text = getattr(img, "text", {}) or {}
-    return json.loads(text[SETTINGS_KEY]) if SETTINGS_KEY in text else {}
+    try:
+        with Image.open(path) as img:
+            text = getattr(img, "text", {}) or {}
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"{path}: {e}") from e
+    return loads_json(text[SETTINGS_KEY], f"{path}: embedded settings") if SETTINGS_KEY in text else {}
 
 
 def encode_mask(mask: torch.Tensor) -> str:
@@ -205,6 +261,9 @@ def decode_mask(text: str) -> Image.Image:
     """The mask `encode_mask` wrote, as an "L" image (white = edited)."""
     try:
         with Image.open(io.BytesIO(base64.b64decode(text, validate=True))) as img:
+            check_image_size(*img.size, name="the recorded mask")
             return img.convert("L")
-    except (ValueError, OSError, UnidentifiedImageError) as e:
+    except ImageError:
+        raise
+    except (ValueError, OSError, UnidentifiedImageError, Image.DecompressionBombError) as e:
         raise ImageError(f"the recorded mask cannot be decoded: {e}") from e

@@ -68,7 +68,7 @@ def parse_prompts(spec: str | Sequence[str | WeightedPrompt | tuple[str, float]]
             p if isinstance(p, WeightedPrompt) else WeightedPrompt(*p) if isinstance(p, tuple) else WeightedPrompt(p)
             for p in spec
         ]
-    if not items or any(not p.text.strip() for p in items):
+    if not items or any(not p.text.strip(" \t\r\n:") for p in items):  # ":" alone is a weight without text
         raise PromptError(f"empty prompt in {spec!r}: every part needs some text, e.g. 'a red circle:1 | blurry:-0.5'")
     if all(p.weight == 0 for p in items):
         raise PromptError(f"all prompt weights are zero in {spec!r}")

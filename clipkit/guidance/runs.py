@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -104,7 +104,7 @@ class RunResult:
 S = TypeVar("S")
 
 
-_INIT_LOCK = threading.Lock()
+_INIT_LOCK = threading.RLock()
 
 
 @contextmanager
@@ -117,8 +117,44 @@ def seeded_init(seed: int) -> Iterator[None]:
         yield
 
 
+@contextmanager
+def model_loading() -> Iterator[None]:
+    """Hold the construction lock while a model is built and loaded from a file: its throwaway random init draws
+    from the global RNG too, and must not interleave with a ``seeded_init`` in another thread (the app runs jobs
+    in threads, and a first run loads its models while another run builds its network)."""
+    with _INIT_LOCK:
+        yield
+
+
+SEED_RANGE = 1 << 63  # torch.Generator.manual_seed takes a signed 64-bit integer
+RANDOM_SEED = -1
+
+
+def resolve_seed(seed: Any) -> int:
+    """The one seed policy: -1 (or None) draws a random seed from ``os.urandom``; any other integer, however
+    large or negative, is reduced into the generator's range the same way (modulo 2**63). The result is what a
+    run uses and records, so the run reproduces from its record."""
+    if seed is None or (isinstance(seed, int) and not isinstance(seed, bool) and seed == RANDOM_SEED):
+        return int.from_bytes(os.urandom(8), "little") % SEED_RANGE
+    if isinstance(seed, float) and seed.is_integer():
+        seed = int(seed)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ParameterError(f"seed must be an integer (-1 for a random one), got {type(seed).__name__} {seed!r}")
+    return seed % SEED_RANGE
+
+
+def with_seed(settings: S) -> S:
+    """``settings`` with its ``seed`` field (if it has one) resolved by ``resolve_seed``; others unchanged."""
+    if is_dataclass(settings) and any(f.name == "seed" for f in fields(settings)):
+        seed = resolve_seed(settings.seed)
+        if seed != settings.seed:
+            settings = replace(settings, seed=seed)
+    return settings
+
+
 def resolve_settings(cls: type[S], settings: S | None, overrides: dict[str, Any]) -> S:
-    """A method's settings: the given (or default) dataclass with keyword overrides, validated.
+    """A method's settings: the given (or default) dataclass with keyword overrides, validated, its seed resolved
+    (``resolve_seed``).
 
     Unknown keywords are named with the valid ones, instead of a bare TypeError from the dataclass.
     """
@@ -127,7 +163,10 @@ def resolve_settings(cls: type[S], settings: S | None, overrides: dict[str, Any]
     if unknown:
         raise ParameterError(f"unknown setting(s) {unknown} for {cls.__name__}; valid: {', '.join(valid)}")
     base = asdict(settings) if settings is not None else {}
-    return cls(**{**base, **overrides}).validate()
+    values = {**base, **overrides}
+    if "seed" in valid and "seed" in values:
+        values["seed"] = resolve_seed(values["seed"])
+    return with_seed(cls(**values).validate())
 
 
 def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
@@ -209,14 +248,16 @@ def load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
 
 def save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
                       metadata: dict[str, str] | None = None) -> Path:
-    """`tensors` as safetensors at `path`, written to a hidden temporary file beside it and moved over it, so an
-    interrupted save never leaves a half file nor replaces a good one."""
+    """`tensors` as safetensors at `path`, written to a hidden temporary file beside it (a unique name, so two
+    writers never share one) and moved over it, so an interrupted save never leaves a half file nor replaces a good
+    one; stale temporary files of killed writes are cleaned (``files.atomic_target``)."""
     from safetensors.torch import save_file
 
+    from clipkit.guidance.files import atomic_target
+
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    with atomic_target(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
     return path
 
 

@@ -12,9 +12,12 @@ Models load lazily on the first run and are shared by every session.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
+import os
 import queue
+import secrets
 import threading
 import time
 import typing
@@ -29,10 +32,12 @@ import torch
 from PIL import Image
 
 from clipkit import api
-from clipkit.guidance.errors import ClipKitError
+from clipkit.guidance import weights
+from clipkit.guidance.errors import ClipKitError, ParameterError
 from clipkit.guidance.images import tensor_to_pil
 from clipkit.presets import (
     Preset,
+    PresetExistsError,
     list_presets,
     load_preset,
     make_preset,
@@ -46,6 +51,7 @@ from clipkit.registry import Control, Method, methods
 
 log = logging.getLogger(__name__)
 DEFAULT_OUTPUT_DIR = Path("outputs") / "app"  # beside where the app was started, like the CLI
+WEIGHTS_DIR_ENV = "CLIPKIT_WEIGHTS_DIR"  # weights files the app's clients may name (with any --weights-dir)
 UPDATE_EVERY_S = 0.2  # at most this often a status update goes to the browser (previews always go)
 
 
@@ -148,7 +154,8 @@ def mask_painter_value(picture: Any, mask: Image.Image | None = None) -> dict[st
 
 
 def format_values(values: dict[str, float]) -> str:
-    return " · ".join(f"{k} {v:.4f}" for k, v in values.items())
+    """Per-step values for the status line; NaN (a run without that loss, e.g. text-only diffusion) is left out."""
+    return " · ".join(f"{k} {v:.4f}" for k, v in values.items() if isinstance(v, (int, float)) and v == v)
 
 
 def batch_sheet(images: torch.Tensor) -> Image.Image:
@@ -168,8 +175,9 @@ def caption_for(record: dict[str, Any]) -> str:
         bits.append(f"seed {s['seed']}")
     n = record["steps_done"]
     bits.append(f"{n} step{'' if n == 1 else 's'}")
-    if "loss" in record.get("final", {}):
-        bits.append(f"loss {record['final']['loss']:.3f}")
+    loss = record.get("final", {}).get("loss")
+    if isinstance(loss, (int, float)) and loss == loss:  # NaN: no loss to show
+        bits.append(f"loss {loss:.3f}")
     if record.get("cancelled"):
         bits.append("cancelled")
     return " · ".join(bits)
@@ -184,16 +192,104 @@ class Entry:
     record: dict[str, Any]
 
 
+def _is_name(text: str) -> bool:
+    """A bare name (no folder part, not hidden, not a home or drive reference)."""
+    return bool(text) and not any(c in text for c in "/\\:~") and not text.startswith(".")
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        path.relative_to(folder)
+    except ValueError:
+        return False
+    return True
+
+
 # ------------------------------------------------------------------------------------------------ the app
 class ClipKitApp:
-    """Builds the Blocks and holds what sessions share: output folder, cancel tokens, test-model switch."""
+    """Builds the Blocks and holds what sessions share: output folder, cancel tokens, test-model switch, and the
+    folders whose weights files clients may name (``weights_dirs``, plus ``$CLIPKIT_WEIGHTS_DIR``)."""
 
-    def __init__(self, test_models: bool = False, output_dir: Path | None = None, concurrency: int = 1) -> None:
+    def __init__(self, test_models: bool = False, output_dir: Path | None = None, concurrency: int = 1,
+                 weights_dirs: list[str | os.PathLike] | None = None) -> None:
         self.test_models = test_models
         self.output_dir = Path(output_dir or DEFAULT_OUTPUT_DIR)
         self.concurrency = concurrency
+        env = os.environ.get(WEIGHTS_DIR_ENV)
+        self.weights_dirs = [Path(d).expanduser().resolve() for d in [*(weights_dirs or []), *([env] if env else [])]]
         self._tokens: dict[str, api.CancelToken] = {}
         self._lock = threading.Lock()
+
+    # ---- the trust boundary: settings naming files on this server
+    def offered_weights(self, m: Method, name: str) -> list[str]:
+        """The names a client may give a path-like setting (``Method.path_fields``): the default, the control's
+        choices, every shipped model, and for ``pretrained`` the published CLIP tags."""
+        names = {str(getattr(m.defaults(), name) or "")}
+        names.update(m.controls.get(name, Control()).choices or ())
+        for kind in weights.KINDS:
+            try:
+                names.update(weights.shipped_names(kind))
+                names.update(weights.shipped_names(kind, folders=True))
+            except Exception:  # a provider that fails offers nothing
+                continue
+        if name == "pretrained":
+            import open_clip
+
+            names.update(tag for _, tag in open_clip.list_pretrained())
+        names.discard("")
+        return sorted(names)
+
+    def trusted_settings(self, m: Method, settings: Any) -> Any:
+        """``settings`` with every path-like field checked: a client may name only offered weights
+        (``offered_weights``) or files inside the app's weights folders (given relative to one, or absolute inside
+        one; passed on as absolute paths). Anything else is refused with one message that does not depend on
+        whether such a file exists on the server."""
+        changes: dict[str, Any] = {}
+        for name in m.path_fields():
+            value = getattr(settings, name, None)
+            if value is None or (isinstance(value, str) and value.strip() == ""):
+                continue
+            text = str(value).strip()
+            offered = self.offered_weights(m, name)
+            if _is_name(text) and text in offered:
+                continue
+            found = self._in_weights_dirs(text)
+            if found is not None:
+                changes[name] = str(found)
+                continue
+            label = m.controls.get(name, Control()).label or name.replace("_", " ")
+            folders = "the app's weights folder" if self.weights_dirs else "no weights folder (none configured)"
+            raise ParameterError(
+                f"{label}: this app does not offer that file; choose one of {', '.join(offered) or 'none'}, or a "
+                f"file in {folders} given by its name there (server paths are not accepted)")
+        return dataclasses.replace(settings, **changes) if changes else settings
+
+    def _in_weights_dirs(self, text: str) -> Path | None:
+        """``text`` as a path inside one of the weights folders (relative to it, or absolute and inside it), with
+        links resolved so none leads out; None when it is not inside one."""
+        if ".." in Path(text).parts:
+            return None
+        for folder in self.weights_dirs:
+            candidate = Path(text) if Path(text).is_absolute() else folder / text
+            resolved = Path(os.path.realpath(candidate))
+            if _inside(resolved, folder) and resolved != folder:
+                return resolved
+        return None
+
+    def result_path(self, stem: str) -> Path:
+        """Where a result goes: its name ends in a random token, so no client can guess another's files."""
+        return self.output_dir / f"{stem}-{secrets.token_urlsafe(12)}.png"
+
+    def is_result(self, path: str | os.PathLike | None) -> bool:
+        """Whether ``path`` (a value a client sent back) is a result PNG this app wrote, in its output folder or in
+        the copy Gradio serves it from; never another file of the server."""
+        if not path:
+            return False
+        from gradio.utils import get_upload_folder
+
+        resolved = Path(os.path.realpath(path))
+        folders = [Path(os.path.realpath(self.output_dir)), Path(os.path.realpath(get_upload_folder()))]
+        return resolved.suffix.lower() == ".png" and resolved.is_file() and any(_inside(resolved, f) for f in folders)
 
     # ---- cancellation: one token per (browser session, method), armed on click so a queued run can be
     # cancelled too (the run then stops before its first step)
@@ -221,8 +317,10 @@ class ClipKitApp:
     def run_stream(self, m: Method, settings: Any, images: dict[str, Any], key: str | None = None,
                    progress: Any = None) -> Iterator[tuple[str, Any]]:
         """Run ``m`` in a worker thread; yields ("status", markdown), ("preview", PIL) and finally
-        ("result", api.Result). Closing the generator early cancels the run."""
+        ("result", api.Result). Closing the generator early cancels the run. Path-like settings pass the app's
+        trust boundary first (``trusted_settings``)."""
         key = key or self.key(None, m)
+        settings = self.trusted_settings(m, settings)
         with self._lock:
             token = self._tokens.setdefault(key, api.CancelToken())
         if token.cancelled:  # cancel was pressed while the run waited in the queue
@@ -279,10 +377,9 @@ class ClipKitApp:
         count, entries = len(result.images), []
         for i in range(count):
             name = base if count == 1 else f"{base}-{i + 1}of{count}"
-            path, n = self.output_dir / f"{name}.png", 1
+            path = self.result_path(name)
             while path.exists():
-                n += 1
-                path = self.output_dir / f"{name}-{n}.png"
+                path = self.result_path(name)
             result.save(path, index=i)
             caption = caption_for(result.record) + (f" · image {i + 1} of {count}" if count > 1 else "")
             entries.append(Entry(str(path), caption, result.record))
@@ -367,6 +464,8 @@ class ClipKitApp:
                 with gr.Accordion("Save as preset", open=False):
                     save_name = gr.Textbox(label="Preset name", placeholder="my-look", elem_id=f"{m.name}-save-name")
                     save_desc = gr.Textbox(label="Description", placeholder="what it does, for whom")
+                    save_over = gr.Checkbox(False, label="Replace an existing preset of this name",
+                                            elem_id=f"{m.name}-save-overwrite")
                     save_btn = gr.Button("Save preset", elem_id=f"{m.name}-save")
                     preset_file = gr.File(label="Preset file", interactive=False, elem_id=f"{m.name}-preset-file")
             with gr.Column(scale=1):
@@ -423,6 +522,8 @@ class ClipKitApp:
         def on_preset(name: str | None) -> list[Any]:
             if not name:
                 return unchanged()
+            if name not in self._preset_names(m):  # a name from the list, never a path on the server
+                raise gr.Error(f"no preset named {name!r} for {m.title}")
             try:
                 return apply(load_preset(name))
             except ClipKitError as e:
@@ -450,14 +551,19 @@ class ClipKitApp:
 
         def on_save(data: dict) -> tuple[Any, Any, str]:
             name = (data[save_name] or "").strip()
+            replace = bool(data.get(save_over))
             try:
                 s = values_to_settings(m, {n: data[c] for n, c in controls.items()})
-                path = save_preset(make_preset(m.name, s, name, (data[save_desc] or "").strip()))
+                existed = name in [p.name for p in list_presets()]
+                path = save_preset(make_preset(m.name, s, name, (data[save_desc] or "").strip()), overwrite=replace)
+            except PresetExistsError as e:
+                raise gr.Error(f"A preset named '{name}' already exists. Choose another name, or tick \"Replace an "
+                               "existing preset of this name\" to replace it.") from e
             except ClipKitError as e:
                 raise gr.Error(str(e)) from e
             choices = self._preset_names(m)
-            return (str(path), gr.update(choices=choices, value=name),
-                    f"Saved preset **{name}** to `{path}`")
+            verb = "Replaced" if replace and existed else "Saved"
+            return (str(path), gr.update(choices=choices, value=name), f"{verb} preset **{name}**")
 
         def on_run(data: dict, request: gr.Request, progress=gr.Progress()) -> Iterator[dict]:  # noqa: B008 (Gradio injects it)
             try:
@@ -487,7 +593,7 @@ class ClipKitApp:
                         t = sum(payload.record["timings"].values())
                         yield {
                             preview: batch_sheet(payload.tensors),
-                            status: f"**{done}** {entry.caption} · {t:.1f} s — saved `{entry.path}`",
+                            status: f"**{done}** {entry.caption} · {t:.1f} s — saved `{Path(entry.path).name}`",
                             gallery: gr.update(value=[(e.path, e.caption) for e in entries], selected_index=0),
                             record_json: entry.record,
                             download: entry.path,
@@ -520,7 +626,7 @@ class ClipKitApp:
             for event in loads:
                 event.then(None, pending, pending, js=clear_js, queue=False).then(
                     lambda value: gr.update() if value is None else value, pending, editor, queue=False)
-        save_btn.click(on_save, {save_name, save_desc, *control_list}, [preset_file, preset_dd, preset_info],
+        save_btn.click(on_save, {save_name, save_desc, save_over, *control_list}, [preset_file, preset_dd, preset_info],
                        queue=False)
         run_inputs = {*control_list, *inputs.values(), *painters.values(), history}
         def on_arm(request: gr.Request) -> str:
@@ -531,15 +637,15 @@ class ClipKitApp:
 
         run_btn.click(on_arm, None, status, queue=False).then(
             on_run, run_inputs, [preview, status, gallery, record_json, download, history],
-            concurrency_limit=self.concurrency, concurrency_id="clipkit-runs")
+            concurrency_limit=self.concurrency, concurrency_id="clipkit-runs", api_name=f"run_{m.name}")
         cancel_btn.click(on_cancel, None, None, queue=False)
         gallery.select(on_select, history, [record_json, download], queue=False)
         first = m.image_inputs[0].name if m.image_inputs else None
         return {"image": inputs.get(first) if first else None, "download": download, "send_to": send_to,
                 "send_btn": send_btn}
 
-    @staticmethod
-    def _wire_send_to(handles: dict[str, dict[str, Any]], places: dict[str, tuple[str, Any]], outer: Any) -> None:
+    def _wire_send_to(self, handles: dict[str, dict[str, Any]], places: dict[str, tuple[str, Any]],
+                      outer: Any) -> None:
         """"Send to" on every tab: the selected result becomes the first image input of the chosen method, and
         that method's tab opens (the way artists pass a picture on in the tools they know)."""
         targets = {name: h["image"] for name, h in handles.items() if h["image"] is not None}
@@ -551,7 +657,7 @@ class ClipKitApp:
             h["send_to"].choices = [(t, t) for t, n in titles.items() if n != name]
 
             def send(choice: str | None, path: str | None) -> list[Any]:
-                if not path:
+                if not self.is_result(path):  # the client sends the path back: only this app's results pass
                     raise gr.Error("select a result in the gallery first, then send it")
                 if choice not in titles:
                     raise gr.Error("choose where to send the result")
@@ -591,17 +697,18 @@ class ClipKitApp:
         return gr.Textbox(value="" if value is None else str(value), label=label, info=ctl.info, elem_id=elem_id)
 
 
-def build_app(test_models: bool = False, output_dir: Path | None = None, concurrency: int = 1) -> gr.Blocks:
+def build_app(test_models: bool = False, output_dir: Path | None = None, concurrency: int = 1,
+              weights_dirs: list[str | os.PathLike] | None = None) -> gr.Blocks:
     """The Blocks, queue configured; ``test_models`` swaps the tiny test CLIP in for CLIP-guided methods."""
-    return ClipKitApp(test_models, output_dir, concurrency).build()
+    return ClipKitApp(test_models, output_dir, concurrency, weights_dirs).build()
 
 
 def serve(host: str = "127.0.0.1", port: int = 7860, test_models: bool = False, output_dir: Path | None = None,
-          concurrency: int = 1, inbrowser: bool = False) -> None:
+          concurrency: int = 1, inbrowser: bool = False, weights_dirs: list[str | os.PathLike] | None = None) -> None:
     """Build and serve the app (blocks until interrupted)."""
     out = Path(output_dir or DEFAULT_OUTPUT_DIR)
     out.mkdir(parents=True, exist_ok=True)
-    demo = build_app(test_models, out, concurrency)
+    demo = build_app(test_models, out, concurrency, weights_dirs)
     # results and saved presets are served for download from these folders only
     allowed = [str(out), str(user_preset_dir())]
     demo.launch(server_name=host, server_port=port, allowed_paths=allowed, show_error=True, inbrowser=inbrowser,

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from clipkit.guidance.errors import CheckpointError, ModelNameError, WeightsNotFoundError
+from clipkit.guidance.limits import check_config, check_network_size, loads_json
+from clipkit.guidance.runs import model_loading
 from clipkit.guidance.weights import shipped_dirs
 
 DEFAULT_LATENT_MODEL = "world-ldm"
@@ -107,6 +109,59 @@ def resolve_latent_model(name: str | os.PathLike) -> Path:
                          f"{', '.join(packaged_latent_models()) or 'none'} (or pass a folder path)")
 
 
+CONFIG_FILES = {"vae": "config.json", "denoiser": "config.json", "scheduler": "scheduler_config.json"}
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def check_model_folder(folder: Path) -> None:
+    """Before diffusers builds anything for real: each component's config is small JSON with sane values
+    (``limits.check_config``); the parameters its weights files declare (read from their headers) are within
+    ``$CLIPKIT_MAX_PARAMS``; and the network its config describes (built on the meta device: no memory) has no
+    more parameters than those files hold, so a config cannot ask for more memory than its files bring."""
+    from diffusers import AutoencoderKL
+    from safetensors import safe_open
+
+    from clipkit.methods.diffusion.denoiser import LatentDenoiser
+
+    total = 0
+    for part, name in CONFIG_FILES.items():
+        path = folder / part / name
+        where = f"{folder.name}/{part}/{name}"
+        try:
+            if path.stat().st_size > MAX_CONFIG_BYTES:
+                raise CheckpointError(f"{where} is over {MAX_CONFIG_BYTES} bytes: not a model config")
+            check_config(loads_json(path.read_text(encoding="utf-8"), where), where)
+        except FileNotFoundError as e:
+            raise CheckpointError(f"{folder}: {part}/{name} is missing") from e
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            if isinstance(e, CheckpointError):
+                raise
+            raise CheckpointError(f"{where} is not a readable config: {e}") from e
+        held = 0
+        for weights in sorted((folder / part).glob("*.safetensors")):
+            try:
+                with safe_open(str(weights), framework="pt") as f:
+                    for key in f.keys():  # noqa: SIM118 (safe_open has no __iter__)
+                        numel = 1
+                        for d in f.get_slice(key).get_shape():
+                            numel *= d
+                        held += numel
+            except Exception as e:  # a damaged header
+                raise CheckpointError(f"cannot read the weights header of {weights}: {e}") from e
+        total += held
+        check_network_size(total, f"latent diffusion model {folder}")
+        cls = {"vae": AutoencoderKL, "denoiser": LatentDenoiser}.get(part)
+        if cls is not None:
+            try:
+                with torch.device("meta"):  # thread-local: other threads keep building on the CPU
+                    described = sum(p.numel() for p in cls.from_config(cls.load_config(folder / part)).parameters())
+            except Exception as e:  # a config diffusers cannot build
+                raise CheckpointError(f"{where} does not describe a {cls.__name__}: {type(e).__name__}: {e}") from e
+            if described > held:
+                raise CheckpointError(f"{where} describes a network of {described:,} parameters, but the weights "
+                                      f"in {folder.name}/{part}/ hold {held:,}: the config is damaged or not theirs")
+
+
 def load_latent_model(name: str | os.PathLike = DEFAULT_LATENT_MODEL, device: str | torch.device | None = None
                       ) -> LatentModel:
     """Load a latent diffusion model folder in fp32, frozen, on `device` (default: accelerate's pick)."""
@@ -116,10 +171,16 @@ def load_latent_model(name: str | os.PathLike = DEFAULT_LATENT_MODEL, device: st
     from clipkit.methods.diffusion.denoiser import LatentDenoiser
 
     folder = resolve_latent_model(name)
+    check_model_folder(folder)
     try:
-        vae = AutoencoderKL.from_pretrained(folder / "vae", torch_dtype=torch.float32, local_files_only=True)
-        denoiser = LatentDenoiser.from_pretrained(folder / "denoiser", torch_dtype=torch.float32,
-                                                  local_files_only=True)
+        # low_cpu_mem_usage=False: diffusers' low-memory path builds under accelerate's init_empty_weights, which
+        # patches torch.nn.Module process-wide, so a network another thread built meanwhile (the app runs jobs in
+        # threads) came out on the meta device. Memory stays bounded: check_model_folder held the config to its files.
+        with model_loading():
+            vae = AutoencoderKL.from_pretrained(folder / "vae", torch_dtype=torch.float32, local_files_only=True,
+                                                low_cpu_mem_usage=False)
+            denoiser = LatentDenoiser.from_pretrained(folder / "denoiser", torch_dtype=torch.float32,
+                                                      local_files_only=True, low_cpu_mem_usage=False)
         scheduler_config = dict(DDPMScheduler.load_config(folder / "scheduler"))
     except Exception as e:  # diffusers raises OSError / ValueError / safetensors errors for damaged files
         raise CheckpointError(f"cannot load the latent diffusion model in {folder}: {type(e).__name__}: {e}. "

@@ -14,17 +14,15 @@ import argparse
 import hashlib
 import json
 import os
-import pickle
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open
 from torch import Tensor
 
 from clipkit.guidance.errors import CheckpointError, WeightsNotFoundError
-from clipkit.guidance.runs import save_safetensors
+from clipkit.guidance.runs import model_loading, save_safetensors
 
 from .network import EnhanceNet
 
@@ -99,7 +97,9 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[st
             state = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except (SafetensorError, pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
+    except MemoryError:
+        raise
+    except Exception as e:  # a hostile file raises anything: IndexError, KeyError, TypeError ...
         raise CheckpointError(
             f"cannot read checkpoint {path} ({type(e).__name__}: {e}); the file is corrupt, not a checkpoint, or "
             "holds pickled objects other than tensors (refused: pickles are read with weights_only=True). "
@@ -112,11 +112,28 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[st
     return strip_prefix(state), meta
 
 
-def build_network(state: Mapping[str, Tensor], padding_mode: str = "reflect") -> EnhanceNet:
-    """A network shaped for ``state`` (1- or 3-channel illumination) with the weights loaded strictly."""
+PADDING_MODES = ("reflect", "zeros", "replicate", "circular")
+
+
+def network_config(state: Mapping[str, Tensor], padding_mode: str = "reflect") -> dict[str, object]:
+    """The network's config as a file describes it (illumination channels from ``cond_add1.weight``'s shape,
+    padding from its metadata), checked before anything is built: the shape of an empty tensor costs no bytes in a
+    file, so a few bytes could otherwise ask for millions of channels."""
     if "cond_add1.weight" not in state:
         raise CheckpointError("state dict has no 'cond_add1.weight': not a CLIP-LIT/RAVE enhancement network")
-    net = EnhanceNet(out_channels=state["cond_add1.weight"].shape[0], padding_mode=padding_mode)
+    shape = tuple(state["cond_add1.weight"].shape)
+    if len(shape) != 4 or shape[1:] != (32, 3, 3) or shape[0] not in (1, 3):
+        raise CheckpointError(f"'cond_add1.weight' has shape {shape}; a CLIP-LIT/RAVE network's is (1 or 3, 32, 3, 3)")
+    if padding_mode not in PADDING_MODES:
+        raise CheckpointError(f"padding_mode {padding_mode!r} must be one of {', '.join(PADDING_MODES)}")
+    return {"out_channels": shape[0], "padding_mode": padding_mode}
+
+
+def build_network(state: Mapping[str, Tensor], padding_mode: str = "reflect") -> EnhanceNet:
+    """A network shaped for ``state`` (1- or 3-channel illumination) with the weights loaded strictly."""
+    config = network_config(state, padding_mode)
+    with model_loading():  # its throwaway random init must not interleave with another thread's seeded build
+        net = EnhanceNet(**config)
     net.load_state_dict(state, strict=True)
     return net
 
@@ -129,7 +146,9 @@ def load_network(
     state, meta = read_state_dict(path)
     try:
         net = build_network(state, padding_mode or meta.get("padding_mode", "reflect"))
-    except RuntimeError as e:
+    except (RuntimeError, TypeError, ValueError) as e:
+        if isinstance(e, CheckpointError):
+            raise
         raise CheckpointError(f"checkpoint {path} does not fit the enhancement network: {e}") from e
     net.source = str(path)  # type: ignore[attr-defined]
     return net.eval().requires_grad_(False).to(device)

@@ -9,7 +9,6 @@ decoder block is instance-normalised and then scaled and shifted by an affine ma
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,8 @@ from safetensors.torch import load_file, safe_open
 from clipkit.guidance.artifacts import FORMAT as ARTIFACT_FORMAT
 from clipkit.guidance.artifacts import Artifact
 from clipkit.guidance.errors import CheckpointError
+from clipkit.guidance.limits import check_network_size, loads_json, max_params
+from clipkit.guidance.runs import model_loading
 
 
 def _conv_in_relu(cin: int, cout: int) -> list[nn.Module]:
@@ -179,14 +180,71 @@ def save_network(net: nn.Module, path: str | os.PathLike, kind: str, meta: dict[
     return network_artifact(net, kind, meta).save(path)
 
 
+MAX_STYLE_PARAMS = 50_000_000  # the shipped stylizer has 0.6 M, CLIPstyler's largest allowed U-Net (ngf 128) 39 M
+
+
+def _conv(cin: int, cout: int, k: int) -> int:
+    return cin * cout * k * k + cout
+
+
+def _res_block(cin: int, cout: int) -> int:
+    return _conv(cin, cout, 3) + _conv(cout, cout, 3) + _conv(cin, cout, 1)
+
+
+def unet_params(ngf: int = 16) -> int:
+    """StyleUNet's parameter count, from its config alone (nothing is built)."""
+    g = ngf
+    down = _res_block(g, g) + _conv(g, g, 4) + _res_block(g, 2 * g) + _conv(2 * g, 2 * g, 4) \
+        + _res_block(2 * g, 4 * g) + _conv(4 * g, 4 * g, 4)
+    up = _res_block(12 * g, 4 * g) + _res_block(6 * g, 2 * g) + _res_block(3 * g, g)
+    return _conv(3, g, 1) + _res_block(g, g) + down + _res_block(4 * g, 8 * g) + up + _res_block(2 * g, g) \
+        + _conv(g, 3, 1)
+
+
+def stylizer_params(text_dim: int, ngf: int = 32, cond_dim: int = 256, n_res: int = 2) -> int:
+    """TextStylizer's parameter count, from its config alone (nothing is built)."""
+    g, c = ngf, cond_dim
+
+    def block(cin: int, cout: int) -> int:  # ModulatedBlock
+        return _conv(cin, cout, 3) + _conv(cout, cout, 3) + 2 * (c * 2 * cout + 2 * cout) + _conv(cin, cout, 1) + cout
+
+    return (text_dim * c + c + c * c + c) + _conv(3, g, 7) + _conv(g, 2 * g, 4) + _conv(2 * g, 4 * g, 4) \
+        + n_res * block(4 * g, 4 * g) + block(6 * g, 2 * g) + block(3 * g, g) + _conv(g, 3, 3)
+
+
+# kind -> (class, parameter count from config, smallest value of each config key)
+NETWORKS: dict[str, tuple[type[nn.Module], Any, dict[str, int]]] = {
+    "clipstyler-unet": (StyleUNet, unet_params, {"ngf": 1}),
+    "text-stylizer": (TextStylizer, stylizer_params, {"text_dim": 1, "ngf": 1, "cond_dim": 1, "n_res": 0}),
+}
+
+
+def check_config(kind: str, config: Any, where: str) -> dict[str, int]:
+    """Refuse, before anything is built, a config that is not this kind's (unknown keys, non-integers) or whose
+    network would be over ``MAX_STYLE_PARAMS`` parameters (or the global ``$CLIPKIT_MAX_PARAMS``, if lower)."""
+    if kind not in NETWORKS:
+        raise CheckpointError(f"{where}: unknown network kind '{kind}'; known: {', '.join(NETWORKS)}")
+    _, count, minimum = NETWORKS[kind]
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{where}: the network config must be an object, got {type(config).__name__}")
+    unknown = sorted(set(config) - set(minimum))
+    if unknown:
+        raise CheckpointError(f"{where}: unknown config key(s) {unknown} for a {kind}; known: {', '.join(minimum)}")
+    for key, value in config.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum[key]:
+            raise CheckpointError(f"{where}: config {key}={value!r} must be an integer >= {minimum[key]}")
+    try:
+        params = count(**config)
+    except TypeError as e:  # a required key (text_dim) missing
+        raise CheckpointError(f"{where}: incomplete {kind} config {config}: {e}") from e
+    check_network_size(params, f"{where} ({kind} {config})", min(MAX_STYLE_PARAMS, max_params()))
+    return config
+
+
 def _build(kind: str, config: dict[str, Any], state: dict[str, torch.Tensor], where: str) -> nn.Module:
-    net: nn.Module
-    if kind == "clipstyler-unet":
-        net = StyleUNet(**config)
-    elif kind == "text-stylizer":
-        net = TextStylizer(**config)
-    else:
-        raise CheckpointError(f"{where}: unknown network kind '{kind}'")
+    config = check_config(kind, config, where)
+    with model_loading():  # its throwaway random init must not interleave with another thread's seeded build
+        net: nn.Module = NETWORKS[kind][0](**config)
     try:
         net.load_state_dict(state)
     except RuntimeError as e:
@@ -213,13 +271,26 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
             md = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{path} is not a readable safetensors file: {e}") from e
-    if md.get("format") == ARTIFACT_FORMAT:  # the artifact file format
-        meta = json.loads(md.get("meta", "{}"))
-        return {"kind": md.get("kind", "").removeprefix("network/"), "config": meta.get("config", {}),
-                "meta": meta.get("record", {})}
-    if "kind" not in md:  # files written before networks were artifacts keep loading
-        raise CheckpointError(f"{path} is not a clipkit style network (no 'kind' metadata)")
-    return {"kind": md["kind"], "config": json.loads(md.get("config", "{}")), "meta": json.loads(md.get("meta", "{}"))}
+    try:
+        if md.get("format") == ARTIFACT_FORMAT:  # the artifact file format
+            meta = loads_json(md.get("meta", "{}"), f"{path}: metadata")
+            if not isinstance(meta, dict):
+                raise CheckpointError(f"{path}: its metadata is not a JSON object")
+            out = {"kind": md.get("kind", "").removeprefix("network/"), "config": meta.get("config", {}),
+                   "meta": meta.get("record", {})}
+        elif "kind" not in md:  # files written before networks were artifacts keep loading
+            raise CheckpointError(f"{path} is not a clipkit style network (no 'kind' metadata)")
+        else:
+            out = {"kind": md["kind"], "config": loads_json(md.get("config", "{}"), f"{path}: config"),
+                   "meta": loads_json(md.get("meta", "{}"), f"{path}: metadata")}
+    except (ValueError, AttributeError) as e:  # JSON that is not JSON, or not the expected objects
+        if isinstance(e, CheckpointError):
+            raise
+        raise CheckpointError(f"{path}: unreadable network metadata: {e}") from e
+    if not isinstance(out["meta"], dict):
+        raise CheckpointError(f"{path}: the network's record is not a JSON object")
+    check_config(out["kind"], out["config"], str(path))  # before any tensor is read or module built
+    return out
 
 
 def load_network(path: str | os.PathLike, kind: str | None = None, device: str | torch.device = "cpu"):
