@@ -50,3 +50,18 @@ def test_train_and_convert_name_what_exists(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "stylizer" in err and "world-ldm" in err
     assert main(["convert", "nothing", "a", "b"]) == 2 and "enhance" in capsys.readouterr().err
+
+
+def test_an_artifact_written_by_one_run_feeds_the_next_from_the_command_line(tmp_path):
+    from PIL import Image
+
+    picture = tmp_path / "in.png"
+    Image.new("RGB", (48, 48), (40, 120, 200)).save(picture)
+    small = ["--steps", "1", "--size", "48", "--crop-size", "16", "--num-crops", "2", "--tiny", "--quiet"]
+    assert main(["run", "clipstyler", "--image", str(picture), "--prompt", "fire", *small,
+                 "--out", str(tmp_path / "styled.png")]) == 0
+    net = tmp_path / "styled.network.safetensors"
+    assert net.is_file() and read_settings(tmp_path / "styled.png")["artifacts"]["network"]["file"] == net.name
+    assert main(["run", "clipstyler", "--image", str(picture), "--network", str(net), *small,
+                 "--out", str(tmp_path / "again.png")]) == 0
+    assert read_settings(tmp_path / "again.png")["settings"]["mode"] == "apply"

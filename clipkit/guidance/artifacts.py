@@ -72,7 +72,8 @@ class Artifact:
                     raise CheckpointError(f"{path} is not a clipkit artifact (no '{FORMAT}' header)")
                 if len(md.get("meta", "")) > MAX_META_BYTES:
                     raise CheckpointError(f"{path}: artifact metadata over {MAX_META_BYTES} bytes")
-                tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+                # copies: safetensors' buffers are not 64-byte aligned, which changes some kernels' rounding
+                tensors = {k: f.get_tensor(k).clone() for k in f.keys()}  # noqa: SIM118
         except (SafetensorError, OSError, ValueError) as e:
             raise CheckpointError(f"{path} is not a readable safetensors file: {e}") from e
         found = md.get("kind", "")
