@@ -143,14 +143,6 @@ def test_app_in_headless_chromium(server):
             s = read_settings(saved)["settings"]
             assert (s["method"], s["steps"], s["prompt"]) == ("generate", 3, "a yellow star on a dark blue background")
 
-            # send the result on: the Edit tab opens with it as its picture
-            page.locator("#generate-send-to input").click()
-            page.get_by_role("option", name="Edit (edit)").click()
-            page.locator("#generate-send").click()
-            expect(page.locator("#edit-image img")).to_be_visible()
-            expect(page.locator("#edit-run")).to_be_visible()
-            page.get_by_role("tab", name="Generate").click()
-            page.get_by_role("tab", name="Pixels").click()
 
             # cancel a long run: the partial result is kept and says so
             steps.fill("1000")  # long enough that Cancel lands mid-run on a loaded machine
@@ -162,6 +154,15 @@ def test_app_in_headless_chromium(server):
             expect(page.locator("#generate-status")).to_contain_text("Cancelled — partial result kept.")
             expect(page.locator("#generate-gallery")).to_contain_text("cancelled")
             expect(page.locator("#generate-record")).to_contain_text('"cancelled": true')
+
+            # send the result on: the Edit tab opens with it as its picture
+            page.locator("#generate-send-to input").click()
+            page.get_by_role("option", name="Edit (edit)").click()
+            page.locator("#generate-send").click()
+            expect(page.locator("#edit-image img")).to_be_visible()
+            expect(page.locator("#edit-run")).to_be_visible()
+            page.get_by_role("tab", name="Generate").click()
+            page.get_by_role("tab", name="Pixels").click()
 
             # save the controls as a preset
             page.locator("#tab-generate").get_by_text("Save as preset").click()
@@ -203,7 +204,8 @@ def test_app_in_headless_chromium(server):
             checkpoint = page.locator("#stylize-checkpoint textarea, #stylize-checkpoint input").first
             checkpoint.fill(str(tmp_path / "no-such-stylizer.safetensors"))
             page.locator("#stylize-run").click()
-            expect(page.get_by_text("stylizer checkpoint not found").first).to_be_visible()
+            # a server path is refused without saying whether it exists (the app's trust boundary)
+            expect(page.get_by_text("this app does not offer that file").first).to_be_visible()
 
             # an edit made with a painted mask: opening its picture and loading its PNG puts the mask back on
             # the painter, and Run uses it

@@ -347,13 +347,13 @@ class ClipKitApp:
                 kind, payload = events.get()
                 if kind == "step":
                     info = payload
-                    if progress is not None:
-                        progress((info.step, info.total), desc=f"{m.title}: step {info.step}/{info.total}")
                     if info.preview is not None:
                         yield "preview", batch_sheet(info.preview)
                     now = time.perf_counter()
                     if now - last_status >= UPDATE_EVERY_S or info.step == info.total:
-                        last_status = now
+                        last_status = now  # progress and status at most every UPDATE_EVERY_S: a busy page lags
+                        if progress is not None:
+                            progress((info.step, info.total), desc=f"{m.title}: step {info.step}/{info.total}")
                         yield "status", (f"**Step {info.step}/{info.total}** ({now - started:.1f} s) — "
                                          f"{format_values(info.values)}")
                 elif kind == "error":
