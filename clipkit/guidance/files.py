@@ -5,6 +5,7 @@ checked before any work, outputs that never replace an input, and output folders
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import socket
@@ -290,3 +291,12 @@ class OutputLock:
     def __exit__(self, *exc: object) -> None:
         self.release()
 
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex digest of a file's bytes, read in 1 MB blocks: records exactly which weights produced a result."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

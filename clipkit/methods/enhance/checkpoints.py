@@ -11,7 +11,6 @@ CLI: ``clipkit enhance-weights convert SRC DST.safetensors`` or
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 from collections.abc import Mapping
@@ -22,6 +21,7 @@ from safetensors.torch import load_file, safe_open
 from torch import Tensor
 
 from clipkit.guidance.errors import CheckpointError, WeightsNotFoundError
+from clipkit.guidance.files import file_sha256
 from clipkit.guidance.runs import model_loading, save_safetensors
 
 from .network import EnhanceNet
@@ -164,13 +164,7 @@ def save_network(net: EnhanceNet, path: str | os.PathLike, metadata: Mapping[str
     return save_safetensors(state, path, meta)
 
 
-def sha256(path: str | os.PathLike) -> str:
-    """Hex digest, to record exactly which weights produced a result."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+sha256 = file_sha256  # records exactly which weights produced a result
 
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike) -> Path:

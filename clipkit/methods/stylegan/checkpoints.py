@@ -21,7 +21,6 @@ Every failure is a ``CheckpointError`` (or subclass) whose message names the fil
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import json
 import math
@@ -39,6 +38,7 @@ import torch
 from torch import Tensor
 
 from clipkit.guidance.errors import CheckpointError, WeightsNotFoundError
+from clipkit.guidance.files import file_sha256
 from clipkit.methods.stylegan.network import DEFAULT_BLUR, Generator, default_channels, make_kernel, resolutions
 
 FORMAT = "clipkit-stylegan2"
@@ -933,12 +933,7 @@ def load_stylegan(path: str | os.PathLike, device: str | torch.device | None = N
     return G.to(device) if device is not None else G
 
 
-def sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+sha256 = file_sha256
 
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike) -> Path:

@@ -16,7 +16,6 @@ identity hook, StyleSpace layer bookkeeping, resumable synthesis and the generat
 from __future__ import annotations
 
 import copy
-import hashlib
 import os
 import threading
 import weakref
@@ -33,6 +32,7 @@ from clipkit.guidance.artifacts import Artifact, as_artifact
 from clipkit.guidance.clip import ClipModel
 from clipkit.guidance.errors import ParameterError
 from clipkit.guidance.features import ClipEarlyFeatures, content_loss
+from clipkit.guidance.files import file_sha256
 from clipkit.guidance.guide import PromptTerm, Term
 from clipkit.methods.stylegan.models import resolve_generator, to_unit
 from clipkit.methods.stylegan.network import Generator
@@ -339,11 +339,7 @@ def generator_sha256(name: str | os.PathLike) -> str:
     key = (str(path), st.st_mtime, st.st_size)
     with _HASH_LOCK:
         if key not in _HASHES:
-            h = hashlib.sha256()
-            with open(path, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    h.update(block)
-            _HASHES[key] = h.hexdigest()
+            _HASHES[key] = file_sha256(path)
         return _HASHES[key]
 
 
