@@ -138,6 +138,7 @@ TRAINERS = {  # clipkit train NAME ...: every trainer checkpoints and resumes ex
     "enhance": ("clipkit.methods.enhance.train", (), "a CLIP-LIT / RAVE backlit-enhancement network"),
     "world-clip": ("clipkit.world.train_clip", (), "a world CLIP (guide or judge)"),
     "world-ldm": ("clipkit.world.train_ldm", (), "the world latent diffusion model"),
+    "world-stylegan": ("clipkit.world.train_stylegan", (), "the world StyleGAN2"),
 }
 CONVERTERS = {  # clipkit convert NAME SRC DST: published formats -> safetensors
     "enhance": ("clipkit.methods.enhance.checkpoints", ("convert",), "a CLIP-LIT / RAVE .pth checkpoint"),
