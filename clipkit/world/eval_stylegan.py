@@ -258,8 +258,8 @@ def card_text(res: dict, run_dir: Path | None, notes: str = "") -> str:
         params = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys() if k != "latent_avg")
     segments = _segments(run_dir)
     rows = "\n".join(
-        f"| `{s['command']}` | {s['steps']} | {s['kimg']} | {s['segment_minutes']} | "
-        f"{s.get('s_per_step_this_segment')} |" for s in segments
+        f"| `{s['command']}`{' (' + s['note'] + ')' if s.get('note') else ''} | {s['steps']} | {s['kimg']} | "
+        f"{s['segment_minutes']} | {s.get('s_per_step_this_segment')} | {s.get('processes', 1)} |" for s in segments
     )
     total_min = segments[-1]["total_minutes"] if segments else None
     cpu_min = segments[-1]["cpu_minutes"] if segments else None
@@ -273,6 +273,7 @@ StyleCLIP / StyleMC / StyleGAN-NADA-style methods edit in the offline test bed. 
 ## Use
 
 ```python
+import torch
 from clipkit.methods.stylegan.checkpoints import load_stylegan
 G = load_stylegan("clipkit/world/models/{model.name}")   # Generator, eval, latent_avg set
 img = G(torch.randn(4, G.style_dim), truncation=1.0)     # [4, 3, 64, 64], about [-1, 1]
@@ -308,8 +309,8 @@ of G (half-life batch x 10 / 32 kimg, ramp-up 0.05), Adam (0, 0.99), lr {trainin
 {training.get('batch')}, DiffAugment: {training.get('augment') or 'none (the data are unlimited)'}; seed
 {training.get('seed')}. Every draw of step i is seeded by (seed, i), so `--resume` continues exactly.
 
-| segment (in order; the next one is the same command with `--resume`) | steps reached | kimg | wall min | s / step |
-|---|---|---|---|---|
+| segment (in order; each next one adds `--resume`) | steps reached | kimg | wall min | s / step | processes |
+|---|---|---|---|---|---|
 {rows}
 
 Total: {meta.get('steps')} steps, {meta.get('kimg')} kimg, {total_min} wall minutes, {cpu_min} CPU minutes

@@ -28,8 +28,9 @@ group), so every process takes the same update. DDP's wrapper is not used: it ex
 to get a gradient in every backward, which the alternating G / D steps (D frozen in the G step) break.
 
 ``--max-minutes`` bounds this segment (this invocation), so the same command with ``--resume`` continues for
-another segment. At the end of each segment the checkpoint, a grid of G_ema samples, ``done.json`` and the model
-are written: G_ema with ``latent_avg`` (the mean of ``--latent-avg-n`` mapped z), fp16, through
+another segment; SIGTERM or Ctrl-C ends a segment the same way, after the current step. At the end of each
+segment the checkpoint, a grid of G_ema samples, ``done.json`` and the model are written: G_ema with
+``latent_avg`` (the mean of ``--latent-avg-n`` mapped z), fp16, through
 ``clipkit.methods.stylegan.checkpoints.save_generator`` (``world/models/world-stylegan2.safetensors`` by default).
 """
 
@@ -40,7 +41,9 @@ import copy
 import json
 import os
 import shlex
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -125,6 +128,22 @@ def build_networks(a: argparse.Namespace) -> tuple[Generator, Discriminator]:
     return G, D
 
 
+def warm_start(G: Generator, path: Path) -> None:
+    """Start G (and so G_ema) from a saved generator of the same architecture; D starts fresh.
+
+    A run folder is the only place a full checkpoint lives; when it is lost, training can go on from the shipped
+    generator (the card's segment table records the lineage)."""
+    from clipkit.methods.stylegan.checkpoints import load_stylegan
+
+    saved = load_stylegan(path)
+    mine, theirs = G.state_dict(), saved.state_dict()
+    differ = {k: (tuple(theirs[k].shape) if k in theirs else None, tuple(v.shape)) for k, v in mine.items()
+              if k not in theirs or theirs[k].shape != v.shape}
+    if differ:
+        raise SystemExit(f"--init-from {path}: another architecture (saved, given shapes): {differ}")
+    G.load_state_dict({k: theirs[k].to(v.dtype) for k, v in mine.items()})
+
+
 def sample_wplus(G: Generator, batch: int, mixing: float, generator: torch.Generator) -> Tensor:
     """W+ of ``batch`` random z, each mixed with a second w from a random layer on with probability ``mixing``."""
     device = G.device
@@ -170,6 +189,8 @@ class Trainer:
         if unknown:
             raise SystemExit(f"--augment: unknown {unknown}; known: {', '.join(AUGMENTS)}")
         G, D = build_networks(a)
+        if a.init_from:
+            warm_start(G, a.init_from)
         self.G, self.D = G.to(self.device), D.to(self.device)
         if a.channels_last:  # activations only (parameters and optimiser state keep the usual layout)
             self.G.input.register_forward_hook(_channels_last_output)
@@ -320,8 +341,8 @@ def _channels_last_output(module: nn.Module, inputs: tuple, output: Tensor) -> T
 def architecture_args(a: argparse.Namespace) -> dict:
     """The arguments a resumed run must share with the run it continues (everything that changes step i)."""
     keys = ("size", "style_dim", "n_mlp", "lr_mlp", "channels", "d_channels", "batch", "lr", "r1_gamma", "r1_every",
-            "mixing", "ema_kimg", "ema_rampup", "augment", "seed", "channels_last")
-    return {k: getattr(a, k) for k in keys}
+            "mixing", "ema_kimg", "ema_rampup", "augment", "seed", "channels_last", "init_from")
+    return {k: str(getattr(a, k)) if k == "init_from" and a.init_from else getattr(a, k) for k in keys}
 
 
 def save_generator_fp16(path: Path, G: Generator, metadata: dict) -> Path:
@@ -388,6 +409,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--latent-avg-n", type=int, default=8192, help="mapped z averaged for latent_avg")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--init-from", type=Path, default=None,
+                   help="start G from this saved generator (same architecture; D fresh) instead of from scratch")
     p.add_argument("--resume", action="store_true", help="continue from <out>/last.safetensors")
     p.add_argument("--export-only", action="store_true", help="write the model from the checkpoint, no training")
     p.add_argument("--no-progress", action="store_true")
@@ -431,15 +454,23 @@ def main(argv: list[str] | None = None) -> dict:
         mine = torch.tensor([cpu_seconds() - cpu_seg], dtype=torch.float64, device=acc.device)
         return trainer.cpu + float(acc.reduce(mine, "sum") if acc.num_processes > 1 else mine)
 
+    stop: dict[str, int] = {}  # SIGTERM / SIGINT: finish the step, then end the segment as the budget does
+
+    def on_signal(signum: int, _frame) -> None:
+        stop["signal"] = signum
+
+    handlers = {}
+    if threading.current_thread() is threading.main_thread():
+        handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     bar = tqdm(total=a.steps, initial=start_step, desc=MODEL_NAME, mininterval=10, dynamic_ncols=True,
                disable=not main_proc or a.no_progress or a.export_only)
     i = start_step
     log_t, log_i = time.time(), i
     while not a.export_only and i < a.steps:
-        spent = (time.time() - t_seg) / 60
+        clock = torch.tensor([(time.time() - t_seg) / 60, float("signal" in stop)], device=acc.device)
         if acc.num_processes > 1:  # one clock: every process stops at the same step
-            spent = float(acc.reduce(torch.tensor([spent], device=acc.device), "max"))
-        if a.max_minutes and spent >= a.max_minutes:
+            clock = acc.reduce(clock, "max")
+        if (a.max_minutes and float(clock[0]) >= a.max_minutes) or float(clock[1]) > 0:
             break
         values = trainer.step(i)
         i += 1
@@ -460,6 +491,10 @@ def main(argv: list[str] | None = None) -> dict:
         if main_proc and a.sample_every and i % a.sample_every == 0:
             save_grid(trainer.samples(), a.out / "samples" / f"step-{i:06d}.png")
     bar.close()
+    for sig, handler in handlers.items():
+        signal.signal(sig, handler)
+    if stop and main_proc:
+        print(f"stopped by signal {stop['signal']} at step {i}", flush=True)
     seg_seconds = time.time() - t_seg
     cpu = total_cpu()
     done: dict = {}
@@ -481,8 +516,9 @@ def main(argv: list[str] | None = None) -> dict:
                 "model_mb": round(model.stat().st_size / 1e6, 2)}
         if not a.export_only:
             (a.out / "done.json").write_text(json.dumps(done, indent=1))
+            note = {"note": f"ended by signal {stop['signal']}"} if stop else {}
             with open(a.out / "segments.jsonl", "a") as f:
-                f.write(json.dumps({"command": command, **done}) + "\n")
+                f.write(json.dumps({"command": command, **done, **note}) + "\n")
         print(json.dumps(done), flush=True)
     acc.wait_for_everyone()
     return done
