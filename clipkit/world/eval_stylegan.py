@@ -16,6 +16,10 @@
     measured against renders of that distribution shown the same way (32 px, resized bilinearly to 64). All in
     one run, with the n printed.
 (c) A grid of 64 samples (psi = 1) as PNG, for the card.
+(d) Inversion (``--n-invert``): renders the generator never trained on (a fresh seed of the training
+    distribution, and scenes of the held-out (shape, colour) pairs it never saw) are inverted into W+ by the
+    ``invert`` method at its defaults; the reconstruction's PSNR, and whether the judge's best one-object caption
+    (shape and colour) of the inverted image is that of the original.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from clipkit.world.train_stylegan import DEFAULT_MODEL_OUT, MODEL_NAME, save_gri
 
 CARD = MODELS_DIR / f"{MODEL_NAME}.md"
 GRID = MODELS_DIR / f"{MODEL_NAME}-grid.png"
+INVERSION_GRID = MODELS_DIR / f"{MODEL_NAME}-inversion.png"
 
 
 # ==================================================================================================== image sets
@@ -151,7 +156,8 @@ def argmax_captions(clip, images: Tensor, batch: int = 500) -> Tensor:
 
 
 def evaluate(model: str | Path = DEFAULT_MODEL_OUT, n_judge: int = 1000, n_fd: int = 5000, n_ldm: int | None = None,
-             seed: int = 0, grid: Path | None = GRID, ldm: bool = True) -> dict:
+             seed: int = 0, grid: Path | None = GRID, ldm: bool = True, n_invert: int = 0,
+             invert_steps: int | None = None, inversion_grid: Path | None = INVERSION_GRID) -> dict:
     """Every measure of the module docstring; returns them as a dict (also what the card shows)."""
     from clipkit.guidance.clip import load_clip
 
@@ -185,8 +191,47 @@ def evaluate(model: str | Path = DEFAULT_MODEL_OUT, n_judge: int = 1000, n_fd: i
         res["fd_ldm"] = frechet_distance(ref, ldm_emb)
         res["fd_ldm_vs_its_data"] = frechet_distance(embed(judge, ldm_data_renders(n_fd, seed)), ldm_emb)
         res["seconds_ldm"] = round(time.time() - t2, 1)
+    if n_invert:
+        res["inversion"] = [inversion_scores(G, judge, n_invert, seed, split, invert_steps)
+                            for split in ("train", "heldout")]
+        examples = torch.cat([r.pop("examples") for r in res["inversion"]])
+        if inversion_grid is not None:
+            save_grid(examples, inversion_grid, nrow=8)
+            res["inversion_grid"] = str(inversion_grid)
     res["seconds"] = round(time.time() - t0, 1)
     return res
+
+
+def inversion_scores(G, judge, n: int, seed: int, split: str, steps: int | None = None) -> dict:
+    """Invert ``n`` one-object renders of ``split`` ("train": a seed no training run drew; "heldout": the
+    held-out pairs) with the ``invert`` method; PSNR per image and the judge's agreement on shape and colour."""
+    from clipkit.guidance.clip import load_clip
+    from clipkit.methods.stylegan.invert import invert
+
+    g = seeded("stylegan-eval", seed, "invert", split)
+    scenes = [sample_scene(g, split, n_objects=1) for _ in range(n)]
+    originals = render_batch(scenes, 64)
+    guide = load_clip("world-guide", device="cpu")  # the invert method's perceptual CLIP (its default)
+    overrides = {"steps": steps} if steps else {}
+    t0 = time.time()
+    inverted, psnrs = [], []
+    for i in range(n):
+        r = invert(originals[i:i + 1], clip=guide, progress=False, generator=G, seed=seed + i, **overrides)
+        inverted.append(r.images[:1])
+        psnrs.append(float(r.extras["psnr"]))
+    inverted_t = torch.cat(inverted).float()
+    before, after = argmax_captions(judge, originals), argmax_captions(judge, inverted_t)
+    truth = torch.tensor([ONE_OBJECT_CAPTIONS.index(f"a {s.objects[0].colour} {s.objects[0].shape}")
+                          for s in scenes])
+    p = torch.tensor(psnrs)
+    return {"split": split, "n": n, "steps": steps or "default", "psnr_mean": float(p.mean()),
+            "psnr_median": float(p.median()), "psnr_min": float(p.min()),
+            "share_psnr_24": float((p >= 24).float().mean()),
+            "judge_agrees": float((before == after).float().mean()),
+            "judge_original_true": float((before == truth).float().mean()),
+            "judge_inverted_true": float((after == truth).float().mean()),
+            "seconds_per_image": round((time.time() - t0) / n, 2),
+            "examples": torch.stack([originals[:8], inverted_t[:8]], 1).flatten(0, 1)}
 
 
 # ==================================================================================================== card
@@ -235,6 +280,24 @@ def results_block(res: dict) -> str:
             f"| world-ldm against renders of its own training data (1-2 objects, 32 px shown at 64) | "
             f"{res['n_ldm']} | {res['fd_ldm_vs_its_data']:.4f} |",
         ]
+    if res.get("inversion"):
+        inv = res["inversion"]
+        lines += [
+            "",
+            f"(d) Inversion (`--n-invert {inv[0]['n']}`): one-object renders inverted into W+ by the `invert` method "
+            f"({inv[0]['steps']} steps), each alone:",
+            "",
+            "| renders | n | PSNR mean / median / min (dB) | PSNR >= 24 dB | judge: same shape and colour as the "
+            "original | original read truly | inverted read truly | s / image |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        names = {"train": "unseen draws of the training distribution", "heldout": "held-out (shape, colour) pairs"}
+        lines += [f"| {names[r['split']]} | {r['n']} | {r['psnr_mean']:.1f} / {r['psnr_median']:.1f} / "
+                  f"{r['psnr_min']:.1f} | {100 * r['share_psnr_24']:.0f} % | {100 * r['judge_agrees']:.0f} % | "
+                  f"{100 * r['judge_original_true']:.0f} % | {100 * r['judge_inverted_true']:.0f} % | "
+                  f"{r['seconds_per_image']} |" for r in inv]
+        if res.get("inversion_grid"):
+            lines += ["", f"![originals and their inversions, in pairs]({Path(res['inversion_grid']).name})"]
     return "\n".join(lines)
 
 
@@ -342,13 +405,17 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--card", type=Path, default=CARD)
     p.add_argument("--run-dir", type=Path, default=None, help="the training run (segments.jsonl) for the card")
     p.add_argument("--notes", type=Path, default=None, help="markdown appended to the card")
+    p.add_argument("--n-invert", type=int, default=0, help="renders inverted per split (the issue's 50; 0 = none)")
+    p.add_argument("--invert-steps", type=int, default=None, help="inversion steps (default: the method's)")
+    p.add_argument("--inversion-grid", type=Path, default=INVERSION_GRID, help="PNG of originals and inversions")
     p.add_argument("--threads", type=int, default=0)
     a = p.parse_args(argv)
     if min(a.n_judge, a.n_fd) < 2:
         p.error("--n-judge and --n-fd must be at least 2")
     if a.threads:
         torch.set_num_threads(a.threads)
-    res = evaluate(a.model, a.n_judge, a.n_fd, a.n_ldm, a.seed, a.grid, not a.no_ldm)
+    res = evaluate(a.model, a.n_judge, a.n_fd, a.n_ldm, a.seed, a.grid, not a.no_ldm, a.n_invert, a.invert_steps,
+                   a.inversion_grid)
     print(results_block(res))
     if a.json is not None:
         a.json.write_text(json.dumps(res, indent=1))
