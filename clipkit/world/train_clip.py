@@ -11,14 +11,15 @@ safetensors file, <out>/last.safetensors: model and optimiser tensors, the
 step and the clocks in its metadata (no pickle).  The final weights go to
 world/models/<model>.safetensors in fp16 with exactly `model.state_dict()` keys.
 
-Processes go through accelerate (DDP): each renders its share of every batch's
-hard-negative groups, and ClipLoss gathers the features of all of them with
-their gradients, so the loss is the one over the whole batch, as in one process.
-The processes are for GPUs and machines with more cores: on these 2 CPU
-cores, two one-thread processes trained the judge at 2.41 batch-64 steps/s
-against 2.56 for one process with two threads (250 steps each).  On a CPU
-machine torchrun starts the processes (accelerate's own launcher started one
-here) and accelerate runs them.
+The loop is the one every trainer uses (``clipkit.guidance.training.fit``,
+driving a ``ClipRun``).  Processes go through accelerate (DDP): each renders
+its share of every batch's hard-negative groups, and ClipLoss gathers the
+features of all of them with their gradients, so the loss is the one over the
+whole batch, as in one process.  The processes are for GPUs and machines with
+more cores: on these 2 CPU cores, two one-thread processes trained the judge
+at 2.41 batch-64 steps/s against 2.56 for one process with two threads (250
+steps each).  On a CPU machine torchrun starts the processes (accelerate's own
+launcher started one here) and accelerate runs them.
 """
 
 from __future__ import annotations
@@ -29,23 +30,29 @@ import math
 import random
 import resource
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from open_clip.loss import ClipLoss
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from clipkit.guidance.runs import (
+    StepInfo,
     load_training_checkpoint,
     save_safetensors,
     save_training_checkpoint,
     training_accelerator,
 )
+from clipkit.guidance.training import agreed_max, fit
 from clipkit.world.data import HardNegativeBatchSampler, WorldDataset
 from clipkit.world.models import MODELS_DIR, create
 from clipkit.world.scene import MAX_SHADE
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 
 def lr_at(step: int, total: int, base: float, warmup: int, progress: float = 0.0) -> float:
@@ -135,6 +142,58 @@ def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, loss_fn: Clip
     return loss.detach()
 
 
+class ClipRun:
+    """A run as ``fit`` drives it: batches from the loader, the learning rate of the step (warmup, cosine, ahead
+    of the steps when the time budget runs faster, on one clock for all processes), the checkpoint with the
+    run's clocks and the evaluations."""
+
+    def __init__(self, a: argparse.Namespace, model: torch.nn.Module, opt: torch.optim.Optimizer, loss_fn: ClipLoss,
+                 loader: DataLoader, acc: Accelerator, out: Path, tokenizer: Callable, step: int, elapsed: float,
+                 cpu0: float) -> None:
+        self.a, self.model, self.opt, self.loss_fn, self.acc, self.out = a, model, opt, loss_fn, acc, out
+        self.bare, self.tokenizer, self.batches = acc.unwrap_model(model), tokenizer, iter(loader)
+        self.step, self.cpu0, self.cpu = step, cpu0, cpu0
+        self.t0, self.ema = time.time() - elapsed, None  # t0: when the run (all its segments) began
+
+    def train_step(self) -> dict[str, float]:
+        a = self.a
+        images, tokens = next(self.batches)
+        budget = 0.0
+        if a.max_minutes:  # the same schedule everywhere: the slowest process's clock
+            budget = agreed_max(self.acc, (time.time() - self.t0) / 60 / a.max_minutes)[0]
+        for group in self.opt.param_groups:
+            group["lr"] = lr_at(self.step, a.steps, a.lr, a.warmup, budget)
+        loss = train_step(self.model, self.opt, self.loss_fn, images.to(self.acc.device), tokens.to(self.acc.device),
+                          accelerator=self.acc).item()
+        self.step += 1
+        self.ema = loss if self.ema is None else 0.98 * self.ema + 0.02 * loss
+        return {"loss": loss, "loss_ema": self.ema, "scale": self.bare.logit_scale.exp().item()}
+
+    def gather(self) -> None:
+        """CPU seconds of every process so far (a collective: all processes call it at the same step)."""
+        mine = torch.tensor([cpu_seconds()], dtype=torch.float64, device=self.acc.device)
+        self.cpu = self.cpu0 + float(self.acc.reduce(mine, "sum") if self.acc.num_processes > 1 else mine)
+
+    def save(self, folder: Path) -> Path:
+        _save_checkpoint(self.out, self.bare, self.opt, self.step, time.time() - self.t0, self.cpu)
+        return self.out / "last.safetensors"
+
+    def evaluate(self, info: StepInfo) -> None:
+        """Every ``--eval-every`` steps and at the last: the world evaluation, printed and kept in evals.jsonl."""
+        if info.step % self.a.eval_every and info.step != self.a.steps:
+            return
+        from clipkit.world.eval_clip import evaluate
+
+        self.bare.eval()
+        res = evaluate(self.bare, self.tokenizer, n_scenes=128, n_retrieval=128)
+        self.bare.train()
+        minutes = (time.time() - self.t0) / 60
+        msg = " ".join(f"{k}={v:.3f}" for k, v in res.items())
+        print(f"\n[step {info.step} {minutes:.1f} min] loss {self.ema:.3f} {msg}", flush=True)
+        with open(self.out / "evals.jsonl", "a") as f:
+            f.write(json.dumps({"step": info.step, "minutes": minutes, **res}) + "\n")
+
+
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
@@ -214,51 +273,17 @@ def main(argv: list[str] | None = None) -> None:
     if main_proc:
         print(f"{a.model}: {n_params / 1e6:.2f} M params, steps {step}->{a.steps}, {world} process(es)", flush=True)
     model.train()
-    bar = tqdm(total=a.steps, initial=step, desc=a.model, mininterval=5, dynamic_ncols=True, disable=not main_proc)
-    t0, ema = time.time() - elapsed, None
-
-    def total_cpu() -> float:
-        """CPU seconds of every process so far (a collective: all processes call it at the same step)."""
-        mine = torch.tensor([cpu_seconds()], dtype=torch.float64, device=acc.device)
-        return cpu0 + float(acc.reduce(mine, "sum") if world > 1 else mine)
-
-    for images, tokens in loader:
-        budget = (time.time() - t0) / 60 / a.max_minutes if a.max_minutes else 0.0
-        if world > 1:  # one clock for all: the same schedule and the same last step everywhere
-            budget = float(acc.reduce(torch.tensor([budget], device=acc.device), "max"))
-        if step >= a.steps or budget >= 1.0:
-            break
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, a.steps, a.lr, a.warmup, budget)
-        loss = train_step(model, opt, loss_fn, images.to(acc.device), tokens.to(acc.device), accelerator=acc)
-        step += 1
-        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
-        bar.update(1)
-        bar.set_postfix(loss=f"{ema:.3f}", scale=f"{bare.logit_scale.exp().item():.1f}")
-        if step % a.ckpt_every == 0 or step == a.steps:
-            cpu = total_cpu()
-            if main_proc:
-                _save_checkpoint(out, bare, opt, step, time.time() - t0, cpu)
-        if a.eval_every and (step % a.eval_every == 0 or step == a.steps):
-            if main_proc:
-                from clipkit.world.eval_clip import evaluate
-                bare.eval()
-                res = evaluate(bare, tokenizer, n_scenes=128, n_retrieval=128)
-                bare.train()
-                msg = " ".join(f"{k}={v:.3f}" for k, v in res.items())
-                print(f"\n[step {step} {(time.time() - t0) / 60:.1f} min] loss {ema:.3f} {msg}", flush=True)
-                with open(out / "evals.jsonl", "a") as f:
-                    f.write(json.dumps({"step": step, "minutes": (time.time() - t0) / 60, **res}) + "\n")
-            acc.wait_for_everyone()
-    bar.close()
-    cpu = total_cpu()
-    minutes = (time.time() - t0) / 60
+    run = ClipRun(a, model, opt, loss_fn, loader, acc, out, tokenizer, step, elapsed, cpu0)
+    fit(run, a.steps, out, every=a.ckpt_every, desc=a.model, shown=("loss_ema", "scale"), mininterval=5,
+        max_seconds=a.max_minutes * 60 - elapsed if a.max_minutes else None, accelerator=acc, gather=run.gather,
+        callback=run.evaluate if a.eval_every else None)
+    run.gather()
+    minutes = (time.time() - run.t0) / 60
     if main_proc:
-        _save_checkpoint(out, bare, opt, step, time.time() - t0, cpu)
         save_fp16(bare, final)
-        (out / "done.json").write_text(json.dumps({"steps": step, "minutes": minutes, "cpu_minutes": cpu / 60,
+        (out / "done.json").write_text(json.dumps({"steps": run.step, "minutes": minutes, "cpu_minutes": run.cpu / 60,
                                                    "params": n_params, "processes": world}))
-        print(f"done: {step} steps in {minutes:.1f} min -> {final} ({final.stat().st_size / 1e6:.1f} MB)",
+        print(f"done: {run.step} steps in {minutes:.1f} min -> {final} ({final.stat().st_size / 1e6:.1f} MB)",
               flush=True)
     acc.end_training()
 

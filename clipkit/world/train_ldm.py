@@ -9,7 +9,8 @@ Stage 1, the VAE (diffusers' AutoencoderKL, 32 px, a 8 x 4 x 4 latent): the ELBO
 (``clipkit.methods.diffusion.denoiser.LatentDenoiser``): the posterior means and stds of rendered scenes of another
 seed are encoded once (kept in <out>/latents.safetensors), then the epsilon-prediction DDPM loss (Ho et al.) on
 posterior samples, on diffusers' cosine schedule (``squaredcos_cap_v2``, 1,000 steps), with EMA weights (0.999),
-which are what ships.  Both stages checkpoint to <out> (safetensors, optimiser included) and resume exactly:
+which are what ships.  Both stages run in the one training loop (``clipkit.guidance.training.fit``; a log of each
+in <out>/vae-log.jsonl and prior-log.jsonl), checkpoint to <out> (safetensors, optimiser included) and resume exactly:
 every random draw of step i comes from a generator seeded by (seed, stage, i).  The result is one folder of
 diffusers components (``clipkit.methods.diffusion.latent_model``), fp16.  Devices and processes go through
 accelerate (prepare, backward, gradient clipping): on a CPU machine ``torchrun --standalone --nproc_per_node N
@@ -38,6 +39,7 @@ from clipkit.guidance.runs import (
     save_training_checkpoint,
     training_accelerator,
 )
+from clipkit.guidance.training import Steps, fit
 from clipkit.world.data import WorldDataset, seeded
 from clipkit.world.train_clip import cpu_seconds, lr_at
 
@@ -108,8 +110,8 @@ def train_vae(acc, out: Path, steps: int, batch: int, lr: float, seed: int, resu
     ds = WorldDataset(None, seed=VAE_SEED, size=SIZE, noise=0.0, normalized=False, group_size=1)
     world, rank = acc.num_processes, acc.process_index
     t0 = time.time() - elapsed
-    bar = tqdm(range(start, steps), desc="vae", initial=start, total=steps, disable=not acc.is_main_process)
-    for i in bar:
+
+    def step(i: int) -> dict[str, float]:
         for group in opt.param_groups:
             group["lr"] = lr_at(i, steps, lr, warmup=0)
         first = (i * world + rank) * batch
@@ -119,9 +121,14 @@ def train_vae(acc, out: Path, steps: int, batch: int, lr: float, seed: int, resu
         acc.backward(loss)
         acc.clip_grad_norm_(elbo.parameters(), 1.0)
         opt.step()
-        bar.set_postfix(mse=f"{float(mse):.4f}", refresh=False)
-        if acc.is_main_process and ((i + 1) % every == 0 or i + 1 == steps):
-            _checkpoint(path, vae, opt, i + 1, time.time() - t0)
+        return {"mse": float(mse)}
+
+    def save(_: Path, done: int) -> Path:
+        _checkpoint(path, vae, opt, done, time.time() - t0)
+        return path
+
+    fit(Steps(step, save, start), steps, out, every=every, desc="vae", shown=("mse",), log="vae-log.jsonl",
+        accelerator=acc)
     acc.wait_for_everyone()
     return vae.eval().requires_grad_(False), time.time() - t0
 
@@ -185,8 +192,8 @@ def train_prior(acc, vae, out: Path, steps: int, batch: int, lr: float, n_scenes
     ema = [e.to(acc.device) for e in ema]
     rank = acc.process_index
     t0 = time.time() - elapsed
-    bar = tqdm(range(start, steps), desc="prior", initial=start, total=steps, disable=not acc.is_main_process)
-    for i in bar:
+
+    def step(i: int) -> dict[str, float]:
         for group in opt.param_groups:
             group["lr"] = lr_at(i, steps, lr, warmup=200)
         g = seeded(seed, "prior", i, rank)
@@ -206,11 +213,15 @@ def train_prior(acc, vae, out: Path, steps: int, batch: int, lr: float, n_scenes
         opt.step()
         with torch.no_grad():
             torch._foreach_lerp_(ema, params, 1 - ema_decay)
-        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
-        if acc.is_main_process and ((i + 1) % every == 0 or i + 1 == steps):
-            names = [n for n, _ in acc.unwrap_model(net).named_parameters()]
-            _checkpoint(path, acc.unwrap_model(net), opt, i + 1, time.time() - t0,
-                        {f"ema.{n}": e for n, e in zip(names, ema)})
+        return {"loss": loss.item()}
+
+    def save(_: Path, done: int) -> Path:
+        names = [n for n, _ in acc.unwrap_model(net).named_parameters()]
+        _checkpoint(path, acc.unwrap_model(net), opt, done, time.time() - t0,
+                    {f"ema.{n}": e for n, e in zip(names, ema)})
+        return path
+
+    fit(Steps(step, save, start), steps, out, every=every, desc="prior", log="prior-log.jsonl", accelerator=acc)
     acc.wait_for_everyone()
     final = acc.unwrap_model(net)
     with torch.no_grad():

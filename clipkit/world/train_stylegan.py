@@ -28,7 +28,8 @@ group), so every process takes the same update. DDP's wrapper is not used: it ex
 to get a gradient in every backward, which the alternating G / D steps (D frozen in the G step) break.
 
 ``--max-minutes`` bounds this segment (this invocation), so the same command with ``--resume`` continues for
-another segment; SIGTERM or Ctrl-C ends a segment the same way, after the current step. At the end of each
+another segment; SIGTERM or Ctrl-C ends a segment the same way, after the current step (the loop is the one every
+trainer uses, ``clipkit.guidance.training.fit``; ``Segment`` is its view of this trainer). At the end of each
 segment the checkpoint, a grid of G_ema samples, ``done.json`` and the model are written: G_ema with
 ``latent_avg`` (the mean of ``--latent-avg-n`` mapped z), fp16, through
 ``clipkit.methods.stylegan.checkpoints.save_generator`` (``world/models/world-stylegan2.safetensors`` by default).
@@ -41,18 +42,16 @@ import copy
 import json
 import os
 import shlex
-import signal
 import sys
-import threading
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm import tqdm
 
-from clipkit.guidance.runs import load_optimizer, optimizer_tensors, save_safetensors, training_accelerator
+from clipkit.guidance.runs import StepInfo, load_optimizer, optimizer_tensors, save_safetensors, training_accelerator
+from clipkit.guidance.training import Processes, fit
 from clipkit.methods.stylegan.checkpoints import save_generator
 from clipkit.methods.stylegan.discriminator import Discriminator
 from clipkit.methods.stylegan.network import Generator
@@ -332,6 +331,62 @@ class Trainer:
         return save_generator_fp16(path, G, metadata)
 
 
+class Segment:
+    """One invocation's training, as ``fit`` drives it: the step counter, one step, and the checkpoint with the
+    run's clocks (wall seconds, and CPU seconds summed over the processes), the log line and the sample grids."""
+
+    def __init__(self, trainer: Trainer, ckpt: Path) -> None:
+        self.trainer, self.ckpt, self.a = trainer, ckpt, trainer.a
+        self.start_step = trainer.step_done
+        self.started, self.cpu_start = time.time(), cpu_seconds()
+        self.cpu = trainer.cpu  # of every process, as of the last `gather`
+        self.logged = (self.started, self.start_step)  # (time, step) of the last log line
+
+    @property
+    def step(self) -> int:
+        return self.trainer.step_done
+
+    def train_step(self) -> dict[str, float]:
+        return self.trainer.step(self.trainer.step_done)
+
+    def gather(self) -> None:
+        """The CPU seconds of every process so far (a collective: all processes call it at the same step)."""
+        acc = self.trainer.acc
+        mine = torch.tensor([cpu_seconds() - self.cpu_start], dtype=torch.float64, device=self.trainer.device)
+        self.cpu = self.trainer.cpu + float(acc.reduce(mine, "sum") if self.trainer.world > 1 else mine)
+
+    def save(self, folder: Path) -> Path:
+        self.trainer.save(self.ckpt, self.trainer.elapsed + time.time() - self.started, self.cpu)
+        return self.ckpt
+
+    def log_line(self, step: int, values: dict[str, float], _seconds: float) -> dict:
+        """The run's log line: kimg, the values, seconds per step since the last line and the run's minutes."""
+        now, (then, then_step) = time.time(), self.logged
+        self.logged = (now, step)
+        rounded = {k: round(v, 4) for k, v in values.items()}
+        return {"step": step, "kimg": round(step * self.a.batch / 1000, 3), **rounded,
+                "s_per_step": round((now - then) / max(1, step - then_step), 3),
+                "minutes": round((self.trainer.elapsed + now - self.started) / 60, 2)}
+
+    def sample_grid(self, info: StepInfo) -> None:
+        """Every ``--sample-every`` steps, a grid of G_ema samples (main process: ``fit`` calls it there)."""
+        if self.a.sample_every and info.step % self.a.sample_every == 0:
+            save_grid(self.trainer.samples(), self.a.out / "samples" / f"step-{info.step:06d}.png")
+
+
+def train_segment(segment: Segment, acc: Processes) -> int | None:
+    """Train until ``--steps``, ``--max-minutes`` (one clock for all processes) or SIGTERM / Ctrl-C, checkpointing
+    every ``--every`` steps and at the stop; returns the signal that ended it, if one did."""
+    a = segment.a
+    done = fit(segment, a.steps, a.out, every=a.every, progress=not a.no_progress, desc=MODEL_NAME,
+               max_seconds=a.max_minutes * 60 if a.max_minutes else None, shown=("loss_d", "loss_g"),
+               log_every=a.log_every, log_line=segment.log_line, mininterval=10, stop_signals=True, accelerator=acc,
+               gather=segment.gather, callback=segment.sample_grid)
+    if done.signal and acc.is_main_process:
+        print(f"stopped by signal {done.signal} at step {segment.step}", flush=True)
+    return done.signal
+
+
 def _channels_last_output(module: nn.Module, inputs: tuple, output: Tensor) -> Tensor:
     """Forward hook on G's constant input: every later activation follows its channels-last layout, which CPU
     convolutions run about a quarter faster (0.83 against 1.10 CPU s a batch-16 step of the default config)."""
@@ -448,62 +503,17 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"G {n_g / 1e6:.2f} M, D {n_d / 1e6:.2f} M parameters; steps {trainer.step_done}->{a.steps}, batch "
               f"{a.batch} on {acc.num_processes} process(es), {torch.get_num_threads()} thread(s)", flush=True)
 
-    start_step, t_seg, cpu_seg = trainer.step_done, time.time(), cpu_seconds()
-
-    def total_cpu() -> float:
-        mine = torch.tensor([cpu_seconds() - cpu_seg], dtype=torch.float64, device=acc.device)
-        return trainer.cpu + float(acc.reduce(mine, "sum") if acc.num_processes > 1 else mine)
-
-    stop: dict[str, int] = {}  # SIGTERM / SIGINT: finish the step, then end the segment as the budget does
-
-    def on_signal(signum: int, _frame) -> None:
-        stop["signal"] = signum
-
-    handlers = {}
-    if threading.current_thread() is threading.main_thread():
-        handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-    bar = tqdm(total=a.steps, initial=start_step, desc=MODEL_NAME, mininterval=10, dynamic_ncols=True,
-               disable=not main_proc or a.no_progress or a.export_only)
-    i = start_step
-    log_t, log_i = time.time(), i
-    while not a.export_only and i < a.steps:
-        clock = torch.tensor([(time.time() - t_seg) / 60, float("signal" in stop)], device=acc.device)
-        if acc.num_processes > 1:  # one clock: every process stops at the same step
-            clock = acc.reduce(clock, "max")
-        if (a.max_minutes and float(clock[0]) >= a.max_minutes) or float(clock[1]) > 0:
-            break
-        values = trainer.step(i)
-        i += 1
-        bar.update(1)
-        bar.set_postfix(d=f"{values['loss_d']:.3f}", g=f"{values['loss_g']:.3f}", refresh=False)
-        if main_proc and (i % a.log_every == 0):
-            now = time.time()
-            rec = {"step": i, "kimg": round(i * a.batch / 1000, 3), **{k: round(v, 4) for k, v in values.items()},
-                   "s_per_step": round((now - log_t) / max(1, i - log_i), 3),
-                   "minutes": round((trainer.elapsed + now - t_seg) / 60, 2)}
-            log_t, log_i = now, i
-            with open(a.out / "log.jsonl", "a") as f:
-                f.write(json.dumps(rec) + "\n")
-        if i % a.every == 0:
-            cpu = total_cpu()
-            if main_proc:
-                trainer.save(ckpt, trainer.elapsed + time.time() - t_seg, cpu)
-        if main_proc and a.sample_every and i % a.sample_every == 0:
-            save_grid(trainer.samples(), a.out / "samples" / f"step-{i:06d}.png")
-    bar.close()
-    for sig, handler in handlers.items():
-        signal.signal(sig, handler)
-    if stop and main_proc:
-        print(f"stopped by signal {stop['signal']} at step {i}", flush=True)
-    seg_seconds = time.time() - t_seg
-    cpu = total_cpu()
+    segment = Segment(trainer, ckpt)
+    signum = None if a.export_only else train_segment(segment, acc)
+    i, start_step = trainer.step_done, segment.start_step
+    seg_seconds = time.time() - segment.started
+    segment.gather()
+    cpu = segment.cpu
     done: dict = {}
     if main_proc:
         steps_run = i - start_step
-        if not a.export_only:
-            trainer.save(ckpt, trainer.elapsed + seg_seconds, cpu)
-            if steps_run:
-                save_grid(trainer.samples(), a.out / "samples" / f"step-{i:06d}.png")
+        if steps_run:
+            save_grid(trainer.samples(), a.out / "samples" / f"step-{i:06d}.png")
         meta = {"steps": str(i), "kimg": f"{i * a.batch / 1000:.1f}", "training": architecture_args(a),
                 "trainer": "clipkit.world.train_stylegan", "data": "one-object world scenes, train split, 64 px"}
         model = trainer.export(a.model_out, a.latent_avg_n, meta)
@@ -516,7 +526,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "model_mb": round(model.stat().st_size / 1e6, 2)}
         if not a.export_only:
             (a.out / "done.json").write_text(json.dumps(done, indent=1))
-            note = {"note": f"ended by signal {stop['signal']}"} if stop else {}
+            note = {"note": f"ended by signal {signum}"} if signum else {}
             with open(a.out / "segments.jsonl", "a") as f:
                 f.write(json.dumps({"command": command, **done, **note}) + "\n")
         print(json.dumps(done), flush=True)

@@ -6,21 +6,22 @@ fine (8 and up) groups (the 4-8, 16-32 and 64+ px layers of a 1024 px generator;
 fewer groups) and each group has its own MLP of PixelNorm + 4 EqualLinear layers (learning-rate multiplier 0.01,
 leaky ReLU), applied to each w of the group. The edit is ``w' = w + α · M(w)``, trained at α = 0.1.
 
-Training (``styleclip_mapper_train``, its own method: it takes other settings than applying and has a progress bar
-and cancel like every run) minimises λ_CLIP (1 − cos(E_I(G(w')), E_T(t))) + λ_L2 mean((w' − w)²) (+ λ_ID identity)
-over latents sampled at truncation 0.7, with the paper's weights 1 / 0.8 / 0.1, batch 2 and its optimiser, Ranger
-(RAdam, betas (0.95, 0.999), eps 1e-5, gradient centralisation, Lookahead k 6, α 0.5) at lr 0.5. The paper trains
-50,000 steps on a GPU; the default here is 1,000 for a 64 px generator on CPU (3.6 min on one thread, measured), and
-latents are drawn fresh every step instead of from a fixed set of 5,000. The identity term is a given face network
-(``identity_net=``) or the CLIP's early features (``editing.Identity``). The trained mapper is an artifact
-"network/styleclip-mapper" (safetensors); ``styleclip_mapper`` applies it (α = 0: the start exactly).
+Training (``styleclip_mapper_train``, its own method: it takes other settings than applying, and runs in the one
+training loop, ``clipkit.guidance.training.fit``, with a progress bar and cancel like every run) minimises
+λ_CLIP (1 − cos(E_I(G(w')), E_T(t))) + λ_L2 mean((w' − w)²) (+ λ_ID identity) over latents sampled at truncation
+0.7, with the paper's weights 1 / 0.8 / 0.1, batch 2 and its optimiser, Ranger (RAdam, betas (0.95, 0.999), eps
+1e-5, gradient centralisation, Lookahead k 6, α 0.5) at lr 0.5. The paper trains 50,000 steps on a GPU; the default
+here is 1,000 for a 64 px generator on CPU (3.6 min on one thread, measured), and latents are drawn fresh every step
+instead of from a fixed set of 5,000. The identity term is a given face network (``identity_net=``) or the CLIP's
+early features (``editing.Identity``). The trained mapper is an artifact "network/styleclip-mapper" (safetensors);
+``styleclip_mapper`` applies it (α = 0: the start exactly).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -38,8 +39,8 @@ from clipkit.guidance.runs import (
     StepInfo,
     check_steps,
     resolve_settings,
-    run_steps,
 )
+from clipkit.guidance.training import Steps, fit
 from clipkit.methods.stylegan.editing import (
     LATENT_KIND,
     CosinePromptTerm,
@@ -252,8 +253,13 @@ def styleclip_mapper_train(
         with torch.no_grad():
             return render(g, preview_start, mapper.edit(preview_start.wplus, s.alpha))
 
-    history, cancelled, seconds = run_steps(s.steps, step, callback, cancel, preview, preview_every=50,
-                                            progress=progress, desc="styleclip mapper")
+    def show(info: StepInfo) -> None:  # previews with the first step, every 50th after it and the last
+        due = (info.step - 1) % 50 == 0 or info.step == info.total
+        callback(replace(info, preview=preview() if due else None))
+
+    done = fit(Steps(step), s.steps, callback=show if callback is not None else None, cancel=cancel,
+               progress=progress, desc="styleclip mapper")
+    history, cancelled, seconds = done.history, done.cancelled, done.seconds
     mapper.eval().requires_grad_(False)
     with torch.no_grad():
         final = render(g, preview_start, mapper.edit(preview_start.wplus, s.alpha))
