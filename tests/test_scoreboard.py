@@ -136,3 +136,24 @@ def test_board_runs_two_tiny_tasks(tmp_path):
     assert [r["task"] for r in rows] == ["t2i-00", "edit-00"]
     assert (tmp_path / "scoreboard-images" / "edit-prompt.png").exists()
     assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporary files
+
+
+def test_stylegan_rows_start_from_one_inversion_of_the_task_input(tmp_path, monkeypatch):
+    """The five StyleGAN rows on the first edit task with the tiny guide: each runs from the inverted input (its
+    baseline is the reconstruction, shared by every row), the mapper row trains and then applies, and no row
+    claims a masked L2 (StyleGAN edits take no mask)."""
+    from clipkit.methods.stylegan.editing import CACHE_ENV
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    names = ["styleclip-optimise", "styleclip-mapper", "global-directions", "stylemc", "nada"]
+    board = run_board(names, clip="tiny", limit=1, out=None, degraded_n=2, log=None,
+                      budget={"invert": {"steps": 3}},
+                      overrides={"styleclip_optimise": {"steps": 2}, "styleclip_mapper_train": {"steps": 2},
+                                 "global_directions": {"stat_samples": 256, "stat_images": 1},
+                                 "stylemc": {"find_seeds": 4, "batch": 2}, "nada": {"steps": 2}})
+    assert [r.row for r in board.rows] == names
+    for row in board.rows:
+        assert row.tasks == 1 and row.errors == 0, (row.row, [t.error for t in board.tasks])
+        assert row.preservation is not None and row.masked_l2 is None
+    baselines = {(t.baseline_top1, t.baseline_p) for t in board.tasks}
+    assert len(baselines) == 1  # one reconstruction, scored once, is every row's "before"

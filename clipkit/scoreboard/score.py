@@ -227,13 +227,19 @@ class TaskScore:
     error: str = ""
 
 
+# the settings that carry an edit's two texts, per method (direction-mode rows)
+_TEXT_FIELDS = {"edit": ("source_text", "target_text"), "global_directions": ("neutral", "target"),
+                "nada": ("source", "target")}
+
+
 def _settings_for(row: Row, task: Task) -> dict[str, Any]:
     """What the task asks of this row's method, as settings overrides."""
     if row.kind == "text-to-image" or row.kind == "style":
         return {"prompt": task.prompt}
-    if row.kind == "edit":
+    if row.kind in ("edit", "latent-edit"):
         if row.mode == "direction":
-            return {"source_text": task.source_prompt, "target_text": task.prompt}
+            source, target = _TEXT_FIELDS[row.method]
+            return {source: task.source_prompt, target: task.prompt}
         return {"prompt": task.prompt}
     return {}
 
@@ -265,6 +271,33 @@ def _run(method: str, settings: dict[str, Any], image: torch.Tensor | None, mask
     return run(method, clip=clip, cancel=cancel, **inputs, **settings).tensors.detach().float().cpu()
 
 
+def _inversion(task: Task, image: torch.Tensor, budget: dict[str, dict[str, Any]], cache: dict):
+    """The task's input inverted into the StyleGAN (once per board, shared by every StyleGAN row): (the
+    reconstruction (1, 3, H, W), its latent artifact)."""
+    from clipkit.api import run
+
+    key = ("inversion", task.id)
+    if key not in cache:
+        res = run("invert", image=image, **budget.get("invert", {}))
+        cache[key] = (res.tensors.detach().float().cpu(), res.artifacts["latent"])
+    return cache[key]
+
+
+def _run_latent_edit(row: Row, settings: dict[str, Any], latent: Any, clip: Any) -> torch.Tensor:
+    """A StyleGAN row on a start latent: the method (and, for a trainer, the method that applies what it
+    trained); the edited images only (a method that shows original / edited pairs gives its second images)."""
+    from clipkit.api import get_method, run
+
+    takes_latent = "latent" in {i.name for i in get_method(row.method).artifact_inputs}
+    res = run(row.method, clip=clip, **({"latent": latent} if takes_latent else {}), **settings)
+    if row.then:
+        takes = {i.name for i in get_method(row.then).artifact_inputs}
+        trained = {k: v for k, v in res.artifacts.items() if k in takes and k != "latent"}
+        res = run(row.then, clip=clip, latent=latent, **trained)
+    images = res.tensors.detach().float().cpu()
+    return images[1::2] if str(res.run.extras.get("layout", "")).startswith("pairs") else images
+
+
 def run_task(row: Row, task: Task, judge, *, seed: int = 0, clip: Any = None,
              budget: dict[str, dict[str, Any]] | None = None, overrides: dict[str, Any] | None = None,
              cache: dict | None = None) -> tuple[TaskScore, torch.Tensor | None, torch.Tensor | None]:
@@ -289,7 +322,10 @@ def run_task(row: Row, task: Task, judge, *, seed: int = 0, clip: Any = None,
         t0 = time.perf_counter()
         base_settings = _baseline_settings(row)
         key: tuple = ("input",)
-        if task.scene is not None:
+        if row.kind == "latent-edit":  # the baseline is the inverted input redrawn, unedited
+            baseline, latent = _inversion(task, image, budget, cache)
+            key = ("inversion",)
+        elif task.scene is not None:
             baseline = image
         else:
             key = (row.method, repr(sorted({**settings, **(base_settings or {})}.items())))
@@ -302,7 +338,10 @@ def run_task(row: Row, task: Task, judge, *, seed: int = 0, clip: Any = None,
         score.baseline_seconds = time.perf_counter() - t0
         with PeakMemory() as mem:
             t0 = time.perf_counter()
-            out = _run(row.method, settings, image, mask, clip)
+            if row.kind == "latent-edit":
+                out = _run_latent_edit(row, settings, latent, clip)
+            else:
+                out = _run(row.method, settings, image, mask, clip)
             score.seconds = time.perf_counter() - t0
         score.peak_mb, score.rise_mb = mem.peak_mb, mem.peak_mb - mem.start_mb
     except Exception as e:
@@ -324,7 +363,8 @@ def run_task(row: Row, task: Task, judge, *, seed: int = 0, clip: Any = None,
     if image is not None:
         score.preservation = preservation(judge, task, image[0], out[0])
         score.baseline_preservation = preservation(judge, task, image[0], baseline[0])
-        score.masked_l2 = masked_l2(task, image[0], out[0])
+        if row.kind != "latent-edit":  # StyleGAN edits take no mask: the whole picture is theirs to change
+            score.masked_l2 = masked_l2(task, image[0], out[0])
     return score, out, baseline
 
 

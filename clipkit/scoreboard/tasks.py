@@ -74,6 +74,7 @@ class Row:
     settings: dict[str, Any] = field(default_factory=dict, hash=False)
     mode: str = ""  # edits: "prompt" or "direction"
     note: str = ""
+    then: str = ""  # a trainer's row: the method that applies what it trained (its artifacts go in as inputs)
 
 
 ROWS: dict[str, Row] = {r.name: r for r in (
@@ -89,6 +90,16 @@ ROWS: dict[str, Row] = {r.name: r for r in (
     Row("poda", "poda", "style", note="PODA feature statistics, decoded preview"),
     Row("enhance-clip-lit", "enhance", "enhance", {"checkpoint": "clip-lit"}, note="CLIP-LIT published weights"),
     Row("enhance-rave", "enhance", "enhance", {"checkpoint": "rave-unpaired"}, note="RAVE published weights"),
+    # StyleGAN edits: the edit rows' tasks, each input inverted into the world StyleGAN2 first (the start latent)
+    Row("styleclip-optimise", "styleclip_optimise", "latent-edit", mode="prompt",
+        note="StyleCLIP latent optimisation from the inverted input, prompt = the target caption"),
+    Row("styleclip-mapper", "styleclip_mapper_train", "latent-edit", mode="prompt", then="styleclip_mapper",
+        note="a StyleCLIP mapper trained for the task's prompt, then applied to the inverted input"),
+    Row("global-directions", "global_directions", "latent-edit", mode="direction",
+        note="StyleCLIP global directions, neutral -> target text"),
+    Row("stylemc", "stylemc", "latent-edit", mode="prompt", note="a StyleMC direction found for the prompt"),
+    Row("nada", "nada", "latent-edit", mode="direction",
+        note="StyleGAN-NADA: the generator adapted source -> target text, the inverted latent redrawn by it"),
 )}
 
 
@@ -284,8 +295,8 @@ def enhance_tasks() -> list[Task]:
     return tasks
 
 
-_BY_KIND = {"text-to-image": text_to_image_tasks, "edit": edit_tasks, "style": style_tasks,
-            "enhance": enhance_tasks}
+_BY_KIND = {"text-to-image": text_to_image_tasks, "edit": edit_tasks, "latent-edit": edit_tasks,
+            "style": style_tasks, "enhance": enhance_tasks}
 
 
 def tasks_for(row: str | Row, quick: bool = False) -> list[Task]:
