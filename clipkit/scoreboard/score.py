@@ -65,6 +65,8 @@ BUDGET: dict[str, dict[str, Any]] = {
     # x 0.06 with its step-based schedule; at the world's 64 px: 512 px upsamples the 64 px input 8 times over
     "clipstyler": {"steps": 12, "lr_decay_every": 6, "size": 64},
     "poda": {"size": 64},  # all steps kept; at the world's 64 px instead of 512 (the preview inversion's cost)
+    "styleclip_mapper_train": {"steps": 300},  # x 0.3: a mapper is trained for every task
+    "nada": {"steps": 100},  # x 0.33: a generator is adapted for every task
 }
 
 __all__ = ["BUDGET", "JUDGE", "ImageScore", "TaskScore", "RowScore", "Board", "score_images", "run_task",
