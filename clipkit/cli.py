@@ -17,11 +17,17 @@ from pathlib import Path
 from typing import Any
 
 from clipkit.guidance.errors import ClipKitError
+from clipkit.guidance.threads import job_threads
 from clipkit.registry import Method, methods
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     """One method with flags over a preset (``--preset``: a name or an earlier output PNG) over defaults."""
+    with job_threads(1, args.threads):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from clipkit import api
     from clipkit.guidance.files import check_not_protected
     from clipkit.guidance.images import check_output_path, load_image, load_mask, numbered_outputs
@@ -60,7 +66,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from clipkit.ui.app import serve
 
     serve(host=args.host, port=args.port, test_models=_test_models(args), output_dir=args.output_dir,
-          concurrency=args.concurrency, inbrowser=args.open, weights_dirs=args.weights_dir)
+          concurrency=args.concurrency, inbrowser=args.open, weights_dirs=args.weights_dir, threads=args.threads)
     return 0
 
 
@@ -81,9 +87,10 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
     method = args.method or load_preset(args.preset).method
     overrides = text_overrides(method, _parse_set(args.set))
-    return run_batch(args.preset, args.input, args.output, overrides, dry_run=args.dry_run,
-                     overwrite=args.overwrite, clip="tiny" if _test_models(args) else None,
-                     progress=not args.no_progress, masks=args.masks, method_name=args.method)
+    with job_threads(1, args.threads):  # one input at a time: each run may use every core
+        return run_batch(args.preset, args.input, args.output, overrides, dry_run=args.dry_run,
+                         overwrite=args.overwrite, clip="tiny" if _test_models(args) else None,
+                         progress=not args.no_progress, masks=args.masks, method_name=args.method)
 
 
 def _flag_type(hint: Any) -> tuple[Any, bool]:
@@ -98,6 +105,8 @@ def _flag_type(hint: Any) -> tuple[Any, bool]:
     return json.loads, False
 
 
+THREADS_HELP = ("torch CPU threads (default: the cores this process may use, divided among the runs at once; "
+                "$OMP_NUM_THREADS also sets it)")
 ALIASES = {"pretrained": ("--clip-weights",)}  # the name users know for a CLIP's weights file
 
 
@@ -128,6 +137,7 @@ def add_method_parser(sub: Any, m: Method) -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path(f"outputs/{m.name}.png"), help="PNG (settings embedded)")
     p.add_argument("--tiny", action="store_true", help="use the tiny random test CLIP (no weights needed)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     p.set_defaults(func=cmd_run)
     return p
 
@@ -198,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--overwrite", action="store_true", help="redo outputs made with other settings")
     b.add_argument("--tiny", action="store_true", help="use the tiny random test CLIP (no weights needed)")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
+    b.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     b.set_defaults(func=cmd_batch)
     return parser
 
@@ -208,7 +219,10 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tiny", action="store_true",
                    help="tests/demos: CLIP-guided methods use the tiny random test CLIP (also CLIPKIT_TEST_MODELS=1)")
     p.add_argument("--output-dir", type=Path, default=None, help="where results are written (outputs/app)")
-    p.add_argument("--concurrency", type=int, default=1, help="runs at once across all users (memory bound)")
+    p.add_argument("--concurrency", type=int, default=1,
+                   help="runs at once across all users (memory bound); each gets cores // N torch threads")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads of each run (default: the cores "
+                   "this process may use // --concurrency; $OMP_NUM_THREADS also sets it)")
     p.add_argument("--open", action="store_true", help="open a browser tab")
     p.add_argument("--weights-dir", action="append", default=[], type=Path,
                    help="a folder whose weights files clients may name (repeatable; also $CLIPKIT_WEIGHTS_DIR); "

@@ -302,8 +302,23 @@ def preset_dirs() -> list[Path]:
     return [*shipped_preset_dirs(), user_preset_dir()]
 
 
+def presets_by_method() -> dict[str, list[Preset]]:
+    """``list_presets(method)`` for every method at once, each preset file read once (the app lists every tab's)."""
+    found: dict[str, dict[str, Preset]] = {}
+    for d in preset_dirs():
+        for path in sorted(d.glob("*.json")) if d.is_dir() else []:
+            try:
+                p = read_preset_file(path)
+            except ParameterError:
+                continue
+            found.setdefault(p.method, {}).setdefault(p.name, p)
+    return {method: sorted(named.values(), key=lambda p: p.name) for method, named in found.items()}
+
+
 def list_presets(method: str | None = None) -> list[Preset]:
     """Shipped then user presets (optionally of one method), sorted by name; invalid files are skipped."""
+    if method is not None:
+        return presets_by_method().get(method, [])
     out: dict[str, Preset] = {}
     for d in preset_dirs():
         for path in sorted(d.glob("*.json")) if d.is_dir() else []:
@@ -311,8 +326,7 @@ def list_presets(method: str | None = None) -> list[Preset]:
                 p = read_preset_file(path)
             except ParameterError:
                 continue
-            if method is None or p.method == method:
-                out.setdefault(p.name, p)
+            out.setdefault(p.name, p)
     return sorted(out.values(), key=lambda p: p.name)
 
 

@@ -21,6 +21,7 @@ from clipkit.api import Result
 from clipkit.batch import IMAGE_EXTS, Job, expand_inputs, method_spec, run_spec
 from clipkit.guidance.errors import ClipKitError
 from clipkit.guidance.images import pil_to_tensor
+from clipkit.guidance.threads import job_threads
 from clipkit.methods.enhance.enhance import EnhanceSettings
 from clipkit.methods.enhance.enhance import load_image as load_image_tensor
 from clipkit.methods.enhance.metrics import psnr, ssim
@@ -58,7 +59,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reference", type=Path, default=None,
                     help="folder of well-lit references (same file stem): adds PSNR and SSIM to each record")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads (default: the cores this process may use; $OMP_NUM_THREADS also sets it)")
     args = ap.parse_args(argv)
+    with job_threads(1, args.threads):  # one photo at a time: each may use every core
+        return _enhance_folders(args)
+
+
+def _enhance_folders(args: argparse.Namespace) -> int:
 
     scores: list[float] = []
     try:

@@ -29,6 +29,7 @@ from clipkit.guidance.clip import get_clip
 from clipkit.guidance.errors import ClipKitError
 from clipkit.guidance.images import load_image
 from clipkit.guidance.runs import CancelToken
+from clipkit.guidance.threads import job_threads
 from clipkit.methods.style.clipstyler import ClipStylerSettings, apply_network
 from clipkit.methods.style.feedforward import (
     DEFAULT_PROMPTS,
@@ -71,7 +72,8 @@ def _common(p: argparse.ArgumentParser, io: bool = True, clip: bool = True) -> N
     if clip:  # the stylizer's CLIP is fixed by its checkpoint
         p.add_argument("--model", help="CLIP name (default: the packaged world-guide)")
         p.add_argument("--pretrained", help="CLIP weights: a local file, a cached tag, or 'random' (plumbing only)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: the cores this process may use; $OMP_NUM_THREADS also sets it)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -221,10 +223,9 @@ COMMANDS = {"clipstyler": cmd_clipstyler, "stylize": cmd_stylize, "poda": cmd_po
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     try:
-        return COMMANDS[args.command](args)
+        with job_threads(1, args.threads):  # one image (or training step) at a time: each may use every core
+            return COMMANDS[args.command](args)
     except ClipKitError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

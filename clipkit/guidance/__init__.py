@@ -5,39 +5,40 @@
     guide = Guide(clip, [PromptTerm(prompts="a red circle:1 | blurry:-0.5", view=Cutouts(32))])
     out = guide(images)          # images (B, 3, H, W) in [0, 1]
     out.loss.backward(); out.values   # per-term floats for progress display
+
+The names below load on first use (PEP 562): importing one light submodule (``clipkit.guidance.errors``) must not
+pull in open_clip, kornia and torchvision, which the web app's first page does not need.
 """
 
-from clipkit.guidance.augment import Cutouts, PatchCrops
-from clipkit.guidance.clip import ClipModel, available_models, get_clip, load_clip, tiny_clip
-from clipkit.guidance.errors import (
-    Cancelled,
-    CheckpointError,
-    ClipKitError,
-    ImageError,
-    ModelNameError,
-    ParameterError,
-    PromptError,
-    WeightsNotFoundError,
-)
-from clipkit.guidance.guide import (
-    DirectionalTerm,
-    Guide,
-    GuideOutput,
-    LatentL2Term,
-    PatchDirectionalTerm,
-    PromptPairTerm,
-    PromptTerm,
-    ResidualVectorTerm,
-    Term,
-    TVTerm,
-)
-from clipkit.guidance.prompts import IMAGENET_TEMPLATES, encode_prompt, encode_prompts, parse_prompts
-from clipkit.guidance.runs import CancelToken, RunResult, StepInfo
+from __future__ import annotations
 
-__all__ = [
-    "Cancelled", "CancelToken", "CheckpointError", "ClipKitError", "ClipModel", "Cutouts", "DirectionalTerm",
-    "Guide", "GuideOutput", "IMAGENET_TEMPLATES", "ImageError", "LatentL2Term", "ModelNameError",
-    "ParameterError", "PatchCrops", "PatchDirectionalTerm", "PromptError", "PromptPairTerm", "PromptTerm",
-    "ResidualVectorTerm", "RunResult", "StepInfo", "TVTerm", "Term", "WeightsNotFoundError",
-    "available_models", "encode_prompt", "encode_prompts", "get_clip", "load_clip", "parse_prompts", "tiny_clip",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "clipkit.guidance.augment": ("Cutouts", "PatchCrops"),
+    "clipkit.guidance.clip": ("ClipModel", "available_models", "get_clip", "load_clip", "tiny_clip"),
+    "clipkit.guidance.errors": ("Cancelled", "CheckpointError", "ClipKitError", "ImageError", "ModelNameError",
+                                "ParameterError", "PromptError", "WeightsNotFoundError"),
+    "clipkit.guidance.guide": ("DirectionalTerm", "Guide", "GuideOutput", "LatentL2Term", "PatchDirectionalTerm",
+                               "PromptPairTerm", "PromptTerm", "ResidualVectorTerm", "Term", "TVTerm"),
+    "clipkit.guidance.prompts": ("IMAGENET_TEMPLATES", "encode_prompt", "encode_prompts", "parse_prompts"),
+    "clipkit.guidance.runs": ("CancelToken", "RunResult", "StepInfo"),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'clipkit.guidance' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+

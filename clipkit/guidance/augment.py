@@ -7,15 +7,15 @@ sampling, which area-averages (antialiases) and batches every crop of every imag
 jitter after it uses kornia's warps. Every random choice comes from the caller's `torch.Generator` (never torch's
 global RNG), so concurrent runs in one process each reproduce alone.
 Views are the same for every image in a batch, so paired images (an edit and its source) see the same crops.
+kornia and torchvision.ops (which pulls in torch._dynamo, ~1.5 s) are imported where first used, not with this
+module: the app's first page needs neither.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import kornia
 import torch
-from torchvision.ops import roi_align
 
 from clipkit.guidance.errors import ParameterError
 
@@ -33,6 +33,8 @@ def jitter(images: torch.Tensor, generator: torch.Generator | None, degrees: flo
     """Random horizontal flips (p 0.5), then random small affine moves (p 0.5: up to ``degrees`` of rotation and
     ``translate`` of the side in shift, border padding), every draw from ``generator`` (kornia's random modules
     draw from torch's global RNG, which concurrent runs share)."""
+    import kornia
+
     images = _where_drawn(images, 0.5, generator, lambda x, n: x.flip(-1))
     h, w = images.shape[-2:]
 
@@ -50,6 +52,8 @@ def jitter(images: torch.Tensor, generator: torch.Generator | None, degrees: flo
 def perspective(images: torch.Tensor, distortion: float, generator: torch.Generator | None) -> torch.Tensor:
     """Each image warped by a random perspective: every corner moves inward by up to ``distortion`` of half the
     side (CLIPstyler's RandomPerspective(0.5)), zeros outside, every draw from ``generator``."""
+    import kornia
+
     n, (h, w) = images.shape[0], images.shape[-2:]
     corners = torch.tensor([[0.0, 0.0], [w - 1, 0.0], [w - 1, h - 1], [0.0, h - 1]]).expand(n, 4, 2)
     inward = torch.tensor([[1.0, 1.0], [-1.0, 1.0], [-1.0, -1.0], [1.0, -1.0]])
@@ -61,6 +65,8 @@ def perspective(images: torch.Tensor, distortion: float, generator: torch.Genera
 
 def crop_boxes(images: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
     """Crop every box (n, 4: x0, y0, x1, y1 in pixels) out of every image -> (B*n, 3, size, size), image-major."""
+    from torchvision.ops import roi_align
+
     b, n = images.shape[0], boxes.shape[0]
     idx = torch.arange(b, device=images.device, dtype=boxes.dtype).repeat_interleave(n)
     rois = torch.cat([idx[:, None], boxes.to(images.device).repeat(b, 1)], dim=1)
@@ -73,6 +79,8 @@ def turn(images: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
     The fill is detached: a fill that carries gradient lets an optimiser paint the corners of every turned
     view by shifting the whole image toward the prompt's colour.
     """
+    import kornia
+
     mean = images.mean(dim=(-2, -1), keepdim=True).detach()
     return kornia.geometry.transform.rotate(images - mean, degrees.to(images)) + mean
 

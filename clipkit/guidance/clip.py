@@ -16,7 +16,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import open_clip
 import torch
 import torch.nn.functional as F
 
@@ -30,7 +29,23 @@ TINY_MODEL = "tiny-clip"
 DEFAULT_MODEL = "world-guide"
 RANDOM = "random"  # pretrained="random": seeded random init, for benchmarks and tests of the plumbing
 
-open_clip.add_model_config(CONFIG_DIR)
+_CONFIGS_ADDED: list[Path] = []
+_CONFIGS_LOCK = threading.Lock()
+
+
+def _open_clip():
+    """open_clip, imported on first use (with timm it costs ~0.6 s the app's first page does not need), with the
+    core's model configs and those the weights providers register (``weights.register_configs``) added."""
+    import open_clip
+
+    wanted = [CONFIG_DIR, *weights.config_dirs("clip")]
+    if wanted != _CONFIGS_ADDED:
+        with _CONFIGS_LOCK:
+            for d in wanted:
+                if d not in _CONFIGS_ADDED:
+                    open_clip.add_model_config(d)
+                    _CONFIGS_ADDED.append(d)
+    return open_clip
 
 
 def default_device() -> torch.device:
@@ -42,17 +57,20 @@ def default_device() -> torch.device:
 
 def packaged_models() -> list[str]:
     """Models whose config and weights ship with an installed package (the world CLIPs)."""
+    open_clip = _open_clip()
     return [n for n in weights.shipped_names("clip") if n in open_clip.list_models()]
 
 
 def available_models() -> list[str]:
     """Every name `load_clip` accepts: packaged world models first, then open_clip's architectures."""
+    open_clip = _open_clip()
     packaged = packaged_models()
     return packaged + [n for n in open_clip.list_models() if n not in packaged]
 
 
 def _cached_file_for_tag(name: str, tag: str) -> tuple[Path | None, str]:
     """Find a published checkpoint in the local caches; also say which file would be needed."""
+    open_clip = _open_clip()
     cfg = open_clip.get_pretrained_cfg(name, tag)
     if not cfg:
         tags = open_clip.list_pretrained_tags_by_model(name)
@@ -94,13 +112,20 @@ class ResolvedWeights:
     tag_cfg: dict = field(default_factory=dict)
 
 
+def _local_config_names() -> set[str]:
+    """Model names with a config in the core's or a provider's config folder: known without importing open_clip."""
+    return {p.stem for d in (CONFIG_DIR, *weights.config_dirs("clip")) if d.is_dir() for p in d.glob("*.json")}
+
+
 def resolve_weights(name: str, pretrained: str | os.PathLike | None) -> ResolvedWeights:
-    """Turn (model name, tag or path) into an existing local file, or explain what is missing."""
-    weights.shipped_dirs("clip")  # providers register their configs (the world CLIPs) before names are checked
-    if name not in open_clip.list_models():
+    """Turn (model name, tag or path) into an existing local file, or explain what is missing.
+
+    A name with a local config and no published tag resolves without importing open_clip (the app checks its
+    default models' weights while building the first page)."""
+    if name not in _local_config_names() and name not in _open_clip().list_models():
         raise ModelNameError(
             f"unknown CLIP model '{name}'. Packaged: {', '.join(packaged_models()) or 'none'}; "
-            f"open_clip architectures: {', '.join(open_clip.list_models())}"
+            f"open_clip architectures: {', '.join(_open_clip().list_models())}"
         )
     if pretrained is not None:
         path = Path(pretrained).expanduser()
@@ -110,7 +135,7 @@ def resolve_weights(name: str, pretrained: str | os.PathLike | None) -> Resolved
             raise WeightsNotFoundError(f"CLIP checkpoint file not found: {path}")
         hit, wanted = _cached_file_for_tag(name, str(pretrained))
         if hit:
-            return ResolvedWeights(hit, dict(open_clip.get_pretrained_cfg(name, str(pretrained))))
+            return ResolvedWeights(hit, dict(_open_clip().get_pretrained_cfg(name, str(pretrained))))
         raise WeightsNotFoundError(
             f"weights for {name} ({pretrained}) are not on this machine and no model hub can be reached. "
             f"Download {wanted} elsewhere and pass its path (CLI: --clip-weights PATH; API: pretrained=PATH), "
@@ -203,6 +228,7 @@ class ClipModel:
 
 
 def _wrap(model: torch.nn.Module, name: str, device: torch.device, tag_cfg: dict | None = None) -> ClipModel:
+    open_clip = _open_clip()
     model = model.to(device).eval().requires_grad_(False)
     size = model.visual.image_size
     size = int(size[0] if isinstance(size, (tuple, list)) else size)
@@ -218,6 +244,7 @@ def load_clip(
     device: str | torch.device | None = None,
 ) -> ClipModel:
     """Load a CLIP by open_clip name and pretrained tag or local file, frozen, ready for guidance."""
+    open_clip = _open_clip()
     device = torch.device(device) if device is not None else default_device()
     if pretrained == RANDOM:
         if name not in open_clip.list_models():
@@ -269,6 +296,7 @@ def tiny_clip(seed: int = 0, device: str | torch.device = "cpu") -> ClipModel:
 
 
 def _random_model(name: str, seed: int, device: torch.device) -> ClipModel:
+    open_clip = _open_clip()
     with seeded_init(seed), _quiet_open_clip():
         model = open_clip.create_model(name, pretrained=None, device="cpu")
     return _wrap(model, name, device)

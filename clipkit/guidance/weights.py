@@ -2,8 +2,9 @@
 with an installed package, then one clear error naming the file and where to put it (no model hub is reached).
 
 Packages declare what they ship through the ``clipkit.weights`` entry-point group: each entry is a function
-``register(weights)`` that calls ``register_shipped(kind, folder)`` (and may register configs, as the world test
-bed does with open_clip's ``add_model_config``), so the guidance core names no folder of the test bed.
+``register(weights)`` that calls ``register_shipped(kind, folder)`` (and may register model configs with
+``register_configs``, as the world test bed does for its open_clip configs), so the guidance core names no folder
+of the test bed.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ KINDS = ("clip", "latent-diffusion", "stylizer", "enhance", "stylegan")
 
 _SHIPPED: dict[str, list[Path]] = {}
 _PATTERNS: dict[tuple[str, Path], str] = {}  # (kind, folder) -> glob of the names that are of that kind
+_CONFIGS: dict[str, list[Path]] = {}  # kind -> folders of model configs (for "clip": open_clip JSON configs)
 _LOCK = threading.RLock()
 _LOADED = False
 
@@ -38,6 +40,25 @@ def register_shipped(kind: str, folder: str | os.PathLike, pattern: str = "*") -
         if path not in dirs:
             dirs.append(path)
         _PATTERNS[(kind, path)] = pattern
+
+
+def register_configs(kind: str, folder: str | os.PathLike) -> None:
+    """Declare ``folder`` as holding model configs of ``kind`` (idempotent); for "clip" these are open_clip JSON
+    configs, which ``guidance.clip`` adds to open_clip when it first imports it (a provider need not import
+    open_clip, which the app's first page does not need)."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown weights kind {kind!r}; one of {KINDS}")
+    path = Path(folder).resolve()
+    with _LOCK:
+        dirs = _CONFIGS.setdefault(kind, [])
+        if path not in dirs:
+            dirs.append(path)
+
+
+def config_dirs(kind: str) -> list[Path]:
+    """Folders of model configs of ``kind``, from every installed provider."""
+    _load_providers()
+    return list(_CONFIGS.get(kind, ()))
 
 
 def _load_providers() -> None:

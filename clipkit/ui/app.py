@@ -35,6 +35,7 @@ from clipkit import api
 from clipkit.guidance import weights
 from clipkit.guidance.errors import ClipKitError, ParameterError
 from clipkit.guidance.images import tensor_to_pil
+from clipkit.guidance.threads import set_threads
 from clipkit.presets import (
     Preset,
     PresetExistsError,
@@ -42,6 +43,7 @@ from clipkit.presets import (
     load_preset,
     make_preset,
     preset_from_record,
+    presets_by_method,
     save_preset,
     settings_dict,
     settings_from_dict,
@@ -218,6 +220,7 @@ class ClipKitApp:
         env = os.environ.get(WEIGHTS_DIR_ENV)
         self.weights_dirs = [Path(d).expanduser().resolve() for d in [*(weights_dirs or []), *([env] if env else [])]]
         self._tokens: dict[str, api.CancelToken] = {}
+        self._listed: dict[str, list[Preset]] = {}  # presets by method, read once per build
         self._lock = threading.Lock()
 
     # ---- the trust boundary: settings naming files on this server
@@ -387,7 +390,11 @@ class ClipKitApp:
 
     # ---- building
     def build(self) -> gr.Blocks:
+        self._listed = presets_by_method()  # every tab's presets from one read of the preset files
         with gr.Blocks(title="clipkit") as demo:
+            # the queue is set up first, while the page is empty: Gradio rebuilds its server app (and the whole
+            # page's config, ~0.3 s for these tabs) on every queue() call; the limits apply when events run
+            demo.queue(default_concurrency_limit=self.concurrency, max_size=64)
             gr.Markdown("# clipkit\nCLIP-guided image generation and editing. Pick a tab, load a preset or set "
                         "the controls, press **Run**. Results keep their settings: download the PNG, or load it "
                         "back as a preset to reproduce it.")
@@ -414,7 +421,6 @@ class ClipKitApp:
                                 handles[m.name] = self._build_tab(m)
                             places[m.name] = (family, inner)
             self._wire_send_to(handles, places, outer)
-        demo.queue(default_concurrency_limit=self.concurrency, max_size=64)
         return demo
 
     def _build_tab(self, m: Method) -> dict[str, Any]:
@@ -441,7 +447,7 @@ class ClipKitApp:
                             elem_id=f"{m.name}-{inp.name}-mask")
                         inputs[inp.name].change(mask_painter_value, inputs[inp.name], painters[inp.name],
                                                 queue=False)
-                presets = self._preset_names(m)
+                presets = self._preset_names(m, self._listed)
                 with gr.Row():
                     preset_dd = gr.Dropdown(presets, value=None, label="Preset", scale=3,
                                             elem_id=f"{m.name}-preset")
@@ -672,8 +678,10 @@ class ClipKitApp:
             h["send_btn"].click(send, [h["send_to"], h["download"]], outputs, queue=False)
 
     @staticmethod
-    def _preset_names(m: Method) -> list[str]:
-        return [p.name for src in (m.name, *m.borrows) for p in list_presets(src)]
+    def _preset_names(m: Method, listed: dict[str, list[Preset]] | None = None) -> list[str]:
+        """The presets a tab offers, read now, or from ``listed`` (``presets_by_method``, read once per build)."""
+        listed = presets_by_method() if listed is None else listed
+        return [p.name for src in (m.name, *m.borrows) for p in listed.get(src, [])]
 
     @staticmethod
     def _control(m: Method, name: str, value: Any) -> gr.components.Component:
@@ -704,8 +712,12 @@ def build_app(test_models: bool = False, output_dir: Path | None = None, concurr
 
 
 def serve(host: str = "127.0.0.1", port: int = 7860, test_models: bool = False, output_dir: Path | None = None,
-          concurrency: int = 1, inbrowser: bool = False, weights_dirs: list[str | os.PathLike] | None = None) -> None:
-    """Build and serve the app (blocks until interrupted)."""
+          concurrency: int = 1, inbrowser: bool = False, weights_dirs: list[str | os.PathLike] | None = None,
+          threads: int | None = None) -> None:
+    """Build and serve the app (blocks until interrupted). Runs are threads of this process and torch's thread
+    count is process-wide, so it is set once here: ``threads``, else the cores // ``concurrency``
+    (``guidance.threads``), so that runs side by side do not oversubscribe the cores."""
+    set_threads(jobs=concurrency, threads=threads)
     out = Path(output_dir or DEFAULT_OUTPUT_DIR)
     out.mkdir(parents=True, exist_ok=True)
     demo = build_app(test_models, out, concurrency, weights_dirs)

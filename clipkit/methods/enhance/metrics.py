@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import kornia
 import torch
 from torch import Tensor
 
@@ -45,11 +44,15 @@ def dark_region_gain(before: Tensor, after: Tensor, dark: float = DARK) -> float
 
 def psnr(x: Tensor, ref: Tensor) -> float:
     """PSNR in dB against a reference in [0, 1]."""
+    import kornia  # here, not at the top: the app's first page imports this module but needs no metric
+
     return kornia.metrics.psnr(x.clamp(0, 1), ref.clamp(0, 1), 1.0).item()
 
 
 def ssim(x: Tensor, ref: Tensor, window: int = 11) -> float:
     """Mean SSIM against a reference in [0, 1]."""
+    import kornia
+
     return kornia.metrics.ssim(x.clamp(0, 1), ref.clamp(0, 1), window).mean().item()
 
 
