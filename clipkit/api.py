@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from clipkit.guidance.artifacts import Artifact, as_artifact
+from clipkit.guidance.artifacts import Artifact, as_artifact, kind_fits
 from clipkit.guidance.clip import ClipModel
 from clipkit.guidance.errors import ParameterError
 from clipkit.guidance.images import (
@@ -266,8 +266,7 @@ def run(
 def _as_artifact_input(value: Any, kind: str, name: str) -> Artifact:
     """An artifact input from an Artifact, its file, or an earlier Result holding exactly one of that kind."""
     if isinstance(value, Result):
-        fits = [a for a in value.run.artifacts.values() if a.kind == kind or (kind.endswith("/")
-                                                                              and a.kind.startswith(kind))]
+        fits = [a for a in value.run.artifacts.values() if kind_fits(a.kind, kind)]
         if len(fits) != 1:
             raise ParameterError(f"{name}: the given result holds {len(fits)} artifacts of kind '{kind}' "
                                  f"({', '.join(value.run.artifacts) or 'none'}); pass the artifact itself")
@@ -275,15 +274,21 @@ def _as_artifact_input(value: Any, kind: str, name: str) -> Artifact:
     return as_artifact(value, kind)
 
 
-def load_artifacts(path: str | os.PathLike) -> dict[str, Artifact]:
-    """The artifacts a saved result PNG names, read from the files beside it and checked against its hashes."""
+def artifact_files(path: str | os.PathLike) -> dict[str, tuple[str, str]]:
+    """The artifacts a saved result PNG names: name -> (kind, path of the file beside it)."""
     path = Path(path)
     named = read_settings(path).get("artifacts", {})
+    return {name: (info["kind"], str(path.parent / info["file"])) for name, info in named.items() if "file" in info}
+
+
+def load_artifacts(path: str | os.PathLike) -> dict[str, Artifact]:
+    """The artifacts a saved result PNG names, read from the files beside it and checked against its hashes."""
+    named = read_settings(Path(path)).get("artifacts", {})
     out = {}
-    for name, info in named.items():
-        a = Artifact.load(path.parent / info["file"], info["kind"])
-        if a.sha256() != info["sha256"]:
-            raise ParameterError(f"{path.parent / info['file']} was changed since {path.name} was saved "
+    for name, (kind, file) in artifact_files(path).items():
+        a = Artifact.load(file, kind)
+        if a.sha256() != named[name]["sha256"]:
+            raise ParameterError(f"{file} was changed since {Path(path).name} was saved "
                                  "(its content hash differs from the one the PNG records)")
         out[name] = a
     return out

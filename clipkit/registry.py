@@ -96,6 +96,10 @@ class Method:
     # CLIPstyler also drives the feed-forward stylizer and PODA: prompt, seed, size ...; not lr or steps, which
     # mean other things there).
     borrows: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # Settings that re-render the tab's last result as the slider moves, without Run (cheap apply-steps: an
+    # edit's strength); ``live_reuse`` names the last result's artifacts passed back in so nothing is re-learnt.
+    live: tuple[str, ...] = ()
+    live_reuse: tuple[str, ...] = ()
 
     @property
     def image_inputs(self) -> tuple[ImageInput, ...]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 import numpy as np
@@ -230,3 +231,52 @@ def test_app_builds_one_tab_per_family_with_a_shared_run_slot(tmp_path, monkeypa
     for m in methods().values():
         assert (f"{m.name}-missing" in ids) == (m.missing(test_models=False) is not None), m.name
     assert "stylize-missing" in ids
+
+
+def test_a_live_slider_redraws_the_last_result_without_searching_again(tmp_path):
+    """StyleMC in the app: after one Run, moving the strength redraws from the run's own direction (no second
+    search: the history is untouched and the result equals the API's apply), 0 gives the start picture, and a
+    changed prompt asks for Run instead of showing a picture that is not the result's."""
+    from clipkit.ui.app import values_to_settings
+
+    app = ClipKitApp(test_models=True, output_dir=tmp_path)
+    m = get_method("stylemc")
+    s = values_to_settings(m, {**api.settings_dict(m.defaults()), "count": 2, "find_seeds": 4, "batch": 2})
+    result = list(app.run_stream(m, s, {}))[-1][1]
+    (entry, _) = app.save_results(m, result)
+    before, after = app.before_after(m, s, {}, result, entry.path)
+    start = api.run("stylegan", count=2, seed=s.seed, truncation=s.truncation)
+    assert before.tobytes() == app_sheet(start.tensors).tobytes()
+    stronger = dataclasses.replace(s, change_power=2 * s.change_power)
+    (b2, a2), status = app.live_update(m, stronger, {}, entry)
+    assert "Live" in status and b2.tobytes() == before.tobytes()
+    applied = api.run("stylemc", stronger, clip="tiny", direction=result)
+    assert a2.tobytes() == app_sheet(applied.tensors).tobytes() != after.tobytes()
+    picture, status = app.live_update(m, dataclasses.replace(s, prompt="a star"), {}, entry)
+    assert "Press **Run**" in status and "Prompt" in status
+    _, status = app.live_update(m, s, {}, None)
+    assert "Run once first" in status
+
+
+def test_artifact_inputs_take_results_and_uploads_only(tmp_path):
+    app = ClipKitApp(test_models=True, output_dir=tmp_path)
+    m = get_method("styleclip_mapper")
+    with pytest.raises(ParameterError, match="Trained mapper: none given"):
+        app.artifact_files(m, {"mapper": None})
+    outside = tmp_path.parent / "elsewhere.safetensors"
+    outside.write_bytes(b"x")
+    with pytest.raises(ParameterError, match="only this app's results"):
+        app.artifact_files(m, {"mapper": str(outside)})
+    sample = api.run("stylegan", count=1, seed=3)
+    path = tmp_path / "sample.png"
+    sample.save(path)
+    files = api.artifact_files(path)  # what Send-to offers the next tab: the latent beside the PNG
+    kind, latent = files["latent"]
+    assert kind == "latent/wplus" and app.is_result(latent, ".safetensors")
+    assert app.artifact_files(get_method("stylemc"), {"latent": latent}) == {"latent": latent}
+
+
+def app_sheet(images: torch.Tensor) -> Image.Image:
+    from clipkit.ui.app import batch_sheet
+
+    return batch_sheet(images)

@@ -77,7 +77,7 @@ class Artifact:
         except (SafetensorError, OSError, ValueError) as e:
             raise CheckpointError(f"{path} is not a readable safetensors file: {e}") from e
         found = md.get("kind", "")
-        if kind is not None and not (found == kind or (kind.endswith("/") and found.startswith(kind))):
+        if kind is not None and not kind_fits(found, kind):
             raise CheckpointError(f"{path} holds a '{found}' artifact, expected '{kind}'")
         try:
             meta = json.loads(md.get("meta", "{}"))
@@ -86,10 +86,15 @@ class Artifact:
         return cls(found, tensors, meta)
 
 
+def kind_fits(found: str, wanted: str) -> bool:
+    """Whether an artifact of kind ``found`` serves where ``wanted`` is asked ("latent/" takes any latent)."""
+    return found == wanted or (wanted.endswith("/") and found.startswith(wanted))
+
+
 def as_artifact(value: Artifact | str | os.PathLike, kind: str | None = None) -> Artifact:
     """An artifact given as one, or as the path of its file."""
     if isinstance(value, Artifact):
-        if kind is not None and not (value.kind == kind or (kind.endswith("/") and value.kind.startswith(kind))):
+        if kind is not None and not kind_fits(value.kind, kind):
             raise CheckpointError(f"a '{value.kind}' artifact was given where '{kind}' is needed")
         return value
     return Artifact.load(value, kind)

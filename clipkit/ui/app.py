@@ -13,6 +13,7 @@ Models load lazily on the first run and are shared by every session.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -33,6 +34,7 @@ from PIL import Image
 
 from clipkit import api
 from clipkit.guidance import weights
+from clipkit.guidance.artifacts import kind_fits
 from clipkit.guidance.errors import ClipKitError, ParameterError
 from clipkit.guidance.images import tensor_to_pil
 from clipkit.guidance.threads import set_threads
@@ -50,6 +52,7 @@ from clipkit.presets import (
     user_preset_dir,
 )
 from clipkit.registry import Control, Method, methods
+from clipkit.ui.live import LiveRenderer
 
 log = logging.getLogger(__name__)
 DEFAULT_OUTPUT_DIR = Path("outputs") / "app"  # beside where the app was started, like the CLI
@@ -199,6 +202,12 @@ def _is_name(text: str) -> bool:
     return bool(text) and not any(c in text for c in "/\\:~") and not text.startswith(".")
 
 
+def _plain(value: Any) -> Any:
+    """A settings value as its JSON record has it (tuples as lists, 4.0 as 4), for comparing the two."""
+    value = json.loads(json.dumps(value, default=str))
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
 def _inside(path: Path, folder: Path) -> bool:
     try:
         path.relative_to(folder)
@@ -222,6 +231,7 @@ class ClipKitApp:
         self._tokens: dict[str, api.CancelToken] = {}
         self._listed: dict[str, list[Preset]] = {}  # presets by method, read once per build
         self._lock = threading.Lock()
+        self.live = LiveRenderer(clip="tiny" if test_models else None)
 
     # ---- the trust boundary: settings naming files on this server
     def offered_weights(self, m: Method, name: str) -> list[str]:
@@ -283,16 +293,34 @@ class ClipKitApp:
         """Where a result goes: its name ends in a random token, so no client can guess another's files."""
         return self.output_dir / f"{stem}-{secrets.token_urlsafe(12)}.png"
 
-    def is_result(self, path: str | os.PathLike | None) -> bool:
-        """Whether ``path`` (a value a client sent back) is a result PNG this app wrote, in its output folder or in
-        the copy Gradio serves it from; never another file of the server."""
+    def is_result(self, path: str | os.PathLike | None, suffix: str = ".png") -> bool:
+        """Whether ``path`` (a value a client sent back) is a file of this app's results (a PNG, or with
+        ``suffix=".safetensors"`` an artifact beside one) or an upload, in the output folder or where Gradio keeps
+        uploads and served copies; never another file of the server."""
         if not path:
             return False
         from gradio.utils import get_upload_folder
 
         resolved = Path(os.path.realpath(path))
         folders = [Path(os.path.realpath(self.output_dir)), Path(os.path.realpath(get_upload_folder()))]
-        return resolved.suffix.lower() == ".png" and resolved.is_file() and any(_inside(resolved, f) for f in folders)
+        return resolved.suffix.lower() == suffix and resolved.is_file() and any(_inside(resolved, f) for f in folders)
+
+    def artifact_files(self, m: Method, given: dict[str, str | None], strict: bool = True) -> dict[str, str]:
+        """The artifact inputs a client gave (result or uploaded ``.safetensors`` files), checked; a required one
+        missing is an error with what to do (``strict``), else left out."""
+        out = {}
+        for inp in m.artifact_inputs:
+            path = given.get(inp.name)
+            if not path:
+                if inp.required and strict:
+                    raise ParameterError(f"{inp.label}: none given. Send a result that carries one here (\"Send "
+                                         "the selected result to\"), or upload its .safetensors file")
+                continue
+            if not self.is_result(path, ".safetensors"):
+                raise ParameterError(f"{inp.label}: only this app's results and uploaded .safetensors files "
+                                     "are accepted")
+            out[inp.name] = str(path)
+        return out
 
     # ---- cancellation: one token per (browser session, method), armed on click so a queued run can be
     # cancelled too (the run then stops before its first step)
@@ -388,6 +416,50 @@ class ClipKitApp:
             entries.append(Entry(str(path), caption, result.record))
         return entries
 
+    # ---- before / after and live sliders
+    def before_after(self, m: Method, settings: Any, inputs: dict[str, Any], result: api.Result,
+                     path: str) -> tuple[Image.Image, Image.Image]:
+        """The comparison a finished run shows: the input picture against the first result (image-to-image
+        methods), or for live edits the unedited start against the edit (every image)."""
+        if m.live:
+            settings = self.trusted_settings(m, settings)
+            before = self.live.before(m, settings, {k: v for k, v in inputs.items() if k in self._art_names(m)},
+                                      path)
+            return batch_sheet(before), batch_sheet(result.tensors)
+        after = result.images[0]
+        picture = inputs[m.image_inputs[0].name]
+        return picture.convert("RGB").resize(after.size, Image.Resampling.LANCZOS), after
+
+    def live_update(self, m: Method, settings: Any, given: dict[str, str],
+                    last: Entry | None) -> tuple[Any, str]:
+        """A live slider moved: redraw the tab's last result at the new strength (``LiveRenderer``), provided
+        nothing else changed since that run (else the picture would not be the result's)."""
+        if last is None:
+            return gr.update(), "Run once first: then this slider redraws the result as it moves."
+        recorded = last.record.get("settings", {})
+        now = settings_dict(settings)
+        changed = [self._label(m, n) for n in m.field_names()
+                   if n not in m.live and n in recorded and _plain(recorded[n]) != _plain(now[n])]
+        if changed:
+            return gr.update(), (f"Changed since the last run: {', '.join(changed)}. Press **Run**; the slider "
+                                 "then redraws that result live.")
+        settings = self.trusted_settings(m, settings)
+        t0 = time.perf_counter()
+        after = self.live.render(m, settings, given, last.path).tensors
+        before = self.live.before(m, settings, given, last.path)
+        ms = (time.perf_counter() - t0) * 1000
+        moved = ", ".join(f"{self._label(m, n)} {now[n]}" for n in m.live)
+        return (batch_sheet(before), batch_sheet(after)), (f"Live: {moved} ({ms:.0f} ms). Press **Run** to keep "
+                                                           "it as a result.")
+
+    @staticmethod
+    def _label(m: Method, name: str) -> str:
+        return m.controls.get(name, Control()).label or name.replace("_", " ")
+
+    @staticmethod
+    def _art_names(m: Method) -> set[str]:
+        return {i.name for i in m.artifact_inputs}
+
     # ---- building
     def build(self) -> gr.Blocks:
         self._listed = presets_by_method()  # every tab's presets from one read of the preset files
@@ -447,6 +519,11 @@ class ClipKitApp:
                             elem_id=f"{m.name}-{inp.name}-mask")
                         inputs[inp.name].change(mask_painter_value, inputs[inp.name], painters[inp.name],
                                                 queue=False)
+                files: dict[str, gr.File] = {}
+                for art in m.artifact_inputs:
+                    files[art.name] = gr.File(label=art.label + ("" if art.required else " (optional)"),
+                                              file_types=[".safetensors"], type="filepath",
+                                              elem_id=f"{m.name}-{art.name}")
                 presets = self._preset_names(m, self._listed)
                 with gr.Row():
                     preset_dd = gr.Dropdown(presets, value=None, label="Preset", scale=3,
@@ -478,6 +555,12 @@ class ClipKitApp:
                 preview = gr.Image(label="Preview", type="pil", interactive=False, format="png", height=256,
                                    elem_id=f"{m.name}-preview")
                 status = gr.Markdown(elem_id=f"{m.name}-status")
+                compare = None
+                if m.image_inputs or m.live:  # before / after at one size
+                    label = "Before / after" + (f" — moves with {', '.join(self._label(m, n) for n in m.live)}"
+                                                if m.live else "")
+                    compare = gr.ImageSlider(label=label, type="pil", interactive=False, height=256,
+                                             elem_id=f"{m.name}-compare")
                 gallery = gr.Gallery(label="Results (this session)", columns=3, height="auto", format="png",
                                      elem_id=f"{m.name}-gallery")
                 record_json = gr.JSON(label="Settings, losses and timings of the selected result",
@@ -577,6 +660,10 @@ class ClipKitApp:
             except ClipKitError as e:
                 raise gr.Error(str(e)) from e
             images: dict[str, Any] = {}
+            try:
+                images.update(self.artifact_files(m, {n: data[f] for n, f in files.items()}))
+            except ClipKitError as e:
+                raise gr.Error(str(e)) from e
             for inp in m.image_inputs:
                 value = data[inputs[inp.name]]
                 if value is None:
@@ -597,6 +684,8 @@ class ClipKitApp:
                         entry, entries = new[0], [*new, *data[history]]
                         done = "Cancelled — partial result kept." if payload.record["cancelled"] else "Done."
                         t = sum(payload.record["timings"].values())
+                        if compare is not None:
+                            yield {compare: self.before_after(m, settings, images, payload, entry.path)}
                         yield {
                             preview: batch_sheet(payload.tensors),
                             status: f"**{done}** {entry.caption} · {t:.1f} s — saved `{Path(entry.path).name}`",
@@ -634,7 +723,7 @@ class ClipKitApp:
                     lambda value: gr.update() if value is None else value, pending, editor, queue=False)
         save_btn.click(on_save, {save_name, save_desc, save_over, *control_list}, [preset_file, preset_dd, preset_info],
                        queue=False)
-        run_inputs = {*control_list, *inputs.values(), *painters.values(), history}
+        run_inputs = {*control_list, *inputs.values(), *painters.values(), *files.values(), history}
         def on_arm(request: gr.Request) -> str:
             return self.arm(self.key(request, m))
 
@@ -642,22 +731,39 @@ class ClipKitApp:
             self.cancel(self.key(request, m))
 
         run_btn.click(on_arm, None, status, queue=False).then(
-            on_run, run_inputs, [preview, status, gallery, record_json, download, history],
+            on_run, run_inputs, [preview, status, gallery, record_json, download, history,
+                                 *([compare] if compare is not None else [])],
             concurrency_limit=self.concurrency, concurrency_id="clipkit-runs", api_name=f"run_{m.name}")
         cancel_btn.click(on_cancel, None, None, queue=False)
         gallery.select(on_select, history, [record_json, download], queue=False)
+        if m.live and compare is not None:
+            def on_live(data: dict) -> tuple[Any, str]:
+                entries = data[history]
+                try:
+                    settings = values_to_settings(m, {n: data[c] for n, c in controls.items()})
+                    given = self.artifact_files(m, {n: data[f] for n, f in files.items()}, strict=False)
+                    return self.live_update(m, settings, given, entries[0] if entries else None)
+                except ClipKitError as e:
+                    raise gr.Error(str(e)) from e
+
+            for name in m.live:
+                controls[name].release(on_live, {*control_list, *files.values(), history}, [compare, status],
+                                       queue=False, trigger_mode="always_last")
         first = m.image_inputs[0].name if m.image_inputs else None
         return {"image": inputs.get(first) if first else None, "download": download, "send_to": send_to,
-                "send_btn": send_btn}
+                "send_btn": send_btn, "files": files}
 
     def _wire_send_to(self, handles: dict[str, dict[str, Any]], places: dict[str, tuple[str, Any]],
                       outer: Any) -> None:
-        """"Send to" on every tab: the selected result becomes the first image input of the chosen method, and
-        that method's tab opens (the way artists pass a picture on in the tools they know)."""
-        targets = {name: h["image"] for name, h in handles.items() if h["image"] is not None}
-        titles = {f"{methods()[n].title} ({n})": n for n in targets}
+        """"Send to" on every tab: the selected result becomes the chosen method's input (its picture, and the
+        artifacts it carries that the method takes: a latent, a direction, a trained network), and that
+        method's tab opens (the way artists pass a picture on in the tools they know)."""
+        takes = {name: h for name, h in handles.items() if h["image"] is not None or h["files"]}
+        titles = {f"{methods()[n].title} ({n})": n for n in takes}
         inners = list(dict.fromkeys(inner for _, inner in places.values() if inner is not None))
-        outputs = [outer, *inners, *targets.values()]
+        pictures = {n: h["image"] for n, h in takes.items() if h["image"] is not None}
+        files = [(n, art, comp) for n, h in takes.items() for art, comp in h["files"].items()]
+        outputs = [outer, *inners, *pictures.values(), *[comp for _, _, comp in files]]
 
         for name, h in handles.items():
             h["send_to"].choices = [(t, t) for t, n in titles.items() if n != name]
@@ -669,11 +775,21 @@ class ClipKitApp:
                     raise gr.Error("choose where to send the result")
                 target = titles[choice]
                 tab, inner = places[target]
-                picture = Image.open(path)
-                picture.load()
+                carried = api.artifact_files(path)  # name -> (kind, file)
+                wanted = {i.name: i.kind for i in methods()[target].artifact_inputs}
+                found = {art: next((f for kind, f in carried.values() if kind_fits(kind, wanted[art])), None)
+                         for art in wanted}
+                if target not in pictures and not any(found.values()):
+                    raise gr.Error(f"this result carries nothing {methods()[target].title} takes "
+                                   f"({', '.join(wanted.values())})")
+                picture = None
+                if target in pictures:
+                    picture = Image.open(path)
+                    picture.load()
                 return [gr.Tabs(selected=tab), *[gr.Tabs(selected=target) if i is inner else gr.update()
                                                  for i in inners],
-                        *[picture if n == target else gr.update() for n in targets]]
+                        *[picture if n == target else gr.update() for n in pictures],
+                        *[(found[art] if n == target and found[art] else gr.update()) for n, art, _ in files]]
 
             h["send_btn"].click(send, [h["send_to"], h["download"]], outputs, queue=False)
 

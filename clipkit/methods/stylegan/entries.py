@@ -150,6 +150,7 @@ def edit_methods(check) -> list[Method]:
         record_only=("mapper_prompt", "mapper_sha256", *_START_RECORD),
         uses_clip=False,
         check=check,
+        live=("alpha",),
     )
     directions = Method(
         name="global_directions",
@@ -174,6 +175,7 @@ def edit_methods(check) -> list[Method]:
         record_only=("clip", "channels", "stats_file", "stats_cached", *_START_RECORD),
         text_field="target",
         check=check,
+        live=("alpha", "beta"),
     )
     mc = Method(
         name="stylemc",
@@ -196,6 +198,8 @@ def edit_methods(check) -> list[Method]:
                      "direction_prompt", *_START_RECORD),
         text_field="prompt",
         check=check,
+        live=("change_power",),
+        live_reuse=("direction",),
     )
     adapt = Method(
         name="nada",
