@@ -119,15 +119,19 @@ class Result:
 
     def save(self, path: str | os.PathLike, index: int = 0, protect: tuple = ()) -> Path:
         """Atomic PNG with the record embedded, so the file loads back as a preset (``load_preset(path)``); each
-        artifact goes beside it as ``<stem>.<name>.safetensors``, named in the record (``load_artifacts``)."""
+        artifact goes beside it as ``<stem>.<name>.safetensors``, named in the record (``load_artifacts``). A
+        batch's latents are cut to image ``index``'s own, so a picked picture goes on to the next method alone."""
         path = Path(path)
         record = self.record
         if self.run.artifacts:
             record = {**record, "artifacts": {k: dict(v) for k, v in record.get("artifacts", {}).items()}}
             for name, artifact in self.run.artifacts.items():
                 target = path.with_name(f"{path.stem}.{name}.safetensors")
-                artifact.save(target)
+                mine = artifact.pick(index, len(self.images))  # the saved picture's own latent
+                mine.save(target)
                 record["artifacts"][name]["file"] = target.name
+                if mine is not artifact:
+                    record["artifacts"][name].update(mine.describe(), picked=[index, len(self.images)])
         return save_image(self.images[index], path, record, protect=protect)
 
 

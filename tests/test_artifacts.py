@@ -78,3 +78,16 @@ def test_poda_returns_its_statistics_as_an_artifact(tmp_path):
     assert stats.kind == "statistics/pin" and stats.meta["prompt"] == "driving at night"
     assert torch.equal(stats.tensors["mu"], r.run.extras["pin"].mu)
     assert Artifact.load(stats.save(tmp_path / "pin.safetensors")).sha256() == stats.sha256()
+
+
+def test_a_picked_picture_of_a_batch_carries_only_its_own_latent(tmp_path):
+    """Saving image 2 of 3 saves that image's latent alone (checked by its hash on reload); an edit at strength 0
+    from it redraws exactly that picture."""
+    batch = api.run("stylegan", count=3, seed=11)
+    path = batch.save(tmp_path / "two.png", index=1)
+    latent = api.load_artifacts(path)["latent"]
+    assert latent.tensors["wplus"].shape[0] == 1 and latent.meta["seeds"] == [12]
+    assert torch.equal(latent.tensors["wplus"], batch.artifacts["latent"].tensors["wplus"][1:2])
+    again = api.run("stylemc", clip="tiny", latent=path.with_name("two.latent.safetensors"), find_seeds=2,
+                    batch=2, change_power=0.0)
+    assert torch.equal(again.tensors, batch.tensors[1:2])

@@ -46,6 +46,19 @@ class Artifact:
             h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
         return h.hexdigest()
 
+    def pick(self, index: int, batch: int) -> Artifact:
+        """The part of a batch's latents that belongs to image ``index`` of ``batch`` (tensors and metadata lists
+        with one entry per image are cut; shared ones kept), so a picked picture carries only its own latent.
+        Other kinds (directions, networks) belong to the whole batch and come back as they are."""
+        if batch <= 1 or not self.kind.startswith("latent/"):
+            return self
+        if not 0 <= index < batch:
+            raise IndexError(f"image {index} of a batch of {batch}")
+        tensors = {k: (v[index:index + 1] if v.ndim and v.shape[0] == batch else v) for k, v in self.tensors.items()}
+        meta = {k: (v[index:index + 1] if isinstance(v, list) and len(v) == batch else v)
+                for k, v in self.meta.items()}
+        return Artifact(self.kind, tensors, {**meta, "picked": [index, batch]})
+
     def describe(self) -> dict[str, Any]:
         """What a run's record says of it (JSON)."""
         return {"kind": self.kind, "sha256": self.sha256(),
