@@ -157,3 +157,20 @@ def test_stylegan_rows_start_from_one_inversion_of_the_task_input(tmp_path, monk
         assert row.preservation is not None and row.masked_l2 is None
     baselines = {(t.baseline_top1, t.baseline_p) for t in board.tasks}
     assert len(baselines) == 1  # one reconstruction, scored once, is every row's "before"
+
+
+def test_a_board_of_some_rows_merges_into_the_last_one(tmp_path):
+    """Running one row with ``merge`` keeps the other rows of the board already there, task for task."""
+    tiny = {"generate": {"steps": 2, "size": 32, "cutouts": 2}, "edit": {"steps": 2, "cutouts": 2}}
+    first = run_board(["generate", "edit-prompt"], clip="tiny", limit=1, out=tmp_path, degraded_n=2, log=None,
+                      overrides=tiny, save_images=False)
+    again = run_board(["edit-prompt"], clip="tiny", limit=1, out=tmp_path, degraded_n=2, log=None,
+                      overrides=tiny, save_images=False, merge=True, seed=5)
+    assert [r.row for r in again.rows] == ["generate", "edit-prompt"]
+    old, kept = first.row("generate"), again.row("generate")  # read back from the CSV as it was scored
+    assert (kept.tasks, kept.errors, kept.success, kept.preservation) == (old.tasks, old.errors, old.success,
+                                                                          old.preservation)
+    assert kept.gain == pytest.approx(old.gain, abs=1e-4)
+    assert [t.seed for t in again.tasks] == [0, 5]
+    text = (tmp_path / "scoreboard.md").read_text()
+    assert "rows generate from the board of commit" in text

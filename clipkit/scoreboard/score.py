@@ -17,9 +17,11 @@ import io
 import math
 import os
 import platform
+import re
 import subprocess
 import threading
 import time
+import typing
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -510,13 +512,15 @@ def run_board(
     degraded_n: int | None = None,
     save_images: bool = True,
     log: Callable[[str], None] | None = print,
+    merge: bool = False,
 ) -> Board:
     """Run the rows (default: every row of ``tasks.ROWS``) on their fixed tasks, score them, write the board.
 
     ``seed`` seeds the methods (task k runs at seed + k); the task lists do not depend on it. ``budget`` scales
     slow methods' steps (default ``BUDGET``); ``overrides`` (method or row name -> settings) is for tests only;
     ``limit`` caps the tasks per row. ``clip`` swaps the guiding CLIP ("tiny" for plumbing tests). With ``out``,
-    writes ``scoreboard.md`` and ``scoreboard-tasks.csv`` there (atomically) and contact sheets of the images."""
+    writes ``scoreboard.md`` and ``scoreboard-tasks.csv`` there (atomically) and contact sheets of the images;
+    with ``merge``, the rows not run now are kept from the board already there (``merge_boards``)."""
     started = time.perf_counter()
     say = log or (lambda _m: None)
     if threads:
@@ -558,6 +562,8 @@ def run_board(
         "unscored": unscored_methods(),
     }
     board = Board(row_scores, all_scores, degraded, meta)
+    if merge and out is not None:
+        board = merge_boards(board, out, budget)
     if out is not None:
         write_board(board, out)
         if save_images:
@@ -690,6 +696,7 @@ def board_markdown(board: Board) -> str:
         "- steps scaled down for the time budget (every other setting is the method's default): "
         + ("; ".join(m["budget"]) if m["budget"] else "none"),
         *([f"- registered methods with no row yet: {', '.join(m['unscored'])}"] if m.get("unscored") else []),
+        *([f"- {m['merged']}"] if m.get("merged") else []),
         "",
         "Success: the judge's top-1 among the task's captions is the target AND the pixel checks agree "
         "(colour/shape as the task expects). Gain: judge probability of the target after minus before (edits: "
@@ -697,8 +704,9 @@ def board_markdown(board: Board) -> str:
         "construction and beating it means a positive gain. Preservation: share of the attributes "
         "the task must not change that the judge reads the same. Masked L2: largest pixel change outside the "
         "mask of a masked edit. Baseline: the same task with no guidance (unguided sample; the input itself for "
-        f"edits, stylisation and enhancement), run in the same process. s/task: the method's run alone (a row's "
-        "first task includes loading its models). Targets: success ≥ {TARGET_SUCCESS:.0%}, "
+        "edits, stylisation and enhancement; StyleGAN edits: the input's inversion, redrawn), run in the same "
+        "process. s/task: the method's run alone (a row's "
+        f"first task includes loading its models). Targets: success ≥ {TARGET_SUCCESS:.0%}, "
         f"preservation ≥ {TARGET_PRESERVATION:.0%} (image-to-image rows), beats baseline (more successes and "
         "more gain).",
         "",
@@ -767,6 +775,64 @@ def tasks_csv(scores: Iterable[TaskScore]) -> str:
         d["reading"] = ";".join(f"{k}={v}" for k, v in s.reading.items())
         w.writerow({k: (f"{v:.4f}" if isinstance(v, float) and not math.isnan(v) else v) for k, v in d.items()})
     return buf.getvalue()
+
+
+def read_tasks_csv(path: str | os.PathLike) -> list[TaskScore]:
+    """The per-task scores a board wrote (``tasks_csv``), typed again."""
+    types = typing.get_type_hints(TaskScore)
+    out = []
+    with open(path, newline="", encoding="utf-8") as f:
+        for line in csv.DictReader(f):
+            values: dict[str, Any] = {}
+            for name, text in line.items():
+                kind = types[name]
+                if name == "reading":
+                    values[name] = dict(p.split("=", 1) for p in text.split(";") if "=" in p)
+                elif kind is bool:
+                    values[name] = text == "True"
+                elif kind is int:
+                    values[name] = int(text)
+                elif kind in (float, float | None):
+                    values[name] = None if text == "" and kind is not float else (float(text) if text else math.nan)
+                else:
+                    values[name] = text
+            out.append(TaskScore(**values))
+    return out
+
+
+def merge_boards(new: Board, old_folder: str | os.PathLike,
+                 budget: dict[str, dict[str, Any]] | None = None) -> Board:
+    """``new`` with the rows it did not run taken from the board in ``old_folder`` (its per-task CSV), in the
+    order of ``ROWS``; the header says which rows came from which commit. For adding rows without re-running
+    the rest: both boards must have run the same ``TASKS_VERSION``."""
+    folder = Path(old_folder)
+    md, table = folder / "scoreboard.md", folder / "scoreboard-tasks.csv"
+    if not table.exists():
+        return new
+    header = md.read_text(encoding="utf-8") if md.exists() else ""
+    version = re.search(r"tasks version (\d+)", header)
+    if version is None or int(version.group(1)) != TASKS_VERSION:
+        raise ValueError(f"{md} ran another task list (version {version and version.group(1)}); run every row")
+    commit = re.search(r"- commit (.+?); torch", header)
+    ran = {r.row for r in new.rows}
+    kept = [t for t in read_tasks_csv(table) if t.row not in ran and t.row in ROWS]
+    budget = BUDGET if budget is None else budget
+    by_row: dict[str, list[TaskScore]] = {}
+    for t in kept:
+        by_row.setdefault(t.row, []).append(t)
+    rows = []
+    for name, row in ROWS.items():
+        if name in ran:
+            rows.append(new.row(name))
+        elif name in by_row:
+            names = _field_names(row.method)
+            settings = {k: v for k, v in {**budget.get(row.method, {}), **row.settings}.items() if k in names}
+            rows.append(aggregate(row, by_row[name], settings))
+    tasks = [t for r in rows for t in (new.tasks if r.row in ran else by_row[r.row]) if t.row == r.row]
+    meta = {**new.meta, "merged": f"rows {', '.join(by_row)} from the board of commit "
+                                  f"{commit.group(1) if commit else 'unknown'} (same tasks, version {TASKS_VERSION})"}
+    meta["budget"] = _budget_notes([ROWS[r.row] for r in rows], budget)
+    return Board(rows, tasks, new.degraded, meta)
 
 
 def write_board(board: Board, out: str | os.PathLike) -> tuple[Path, Path]:
