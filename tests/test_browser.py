@@ -147,11 +147,14 @@ def test_app_in_headless_chromium(server):
             # cancel a long run: the partial result is kept and says so
             steps.fill("1000")  # long enough that Cancel lands mid-run on a loaded machine
             steps.press("Enter")
-            page.locator("#generate-run").click()
+            page.locator("#generate-prompt textarea").click()
+            page.keyboard.press("Control+Enter")  # the shortcut runs the tab in view
             # a loaded machine can keep the run queued for a while before its first step
             expect(page.locator("#generate-status")).to_contain_text("Step", timeout=STEP_TIMEOUT_MS)
+            expect(page.locator("#generate-run")).to_be_disabled()  # no second run over the live one
             page.locator("#generate-cancel").click()
             expect(page.locator("#generate-status")).to_contain_text("Cancelled — partial result kept.")
+            expect(page.locator("#generate-run")).to_be_enabled()
             expect(page.locator("#generate-gallery")).to_contain_text("cancelled")
             expect(page.locator("#generate-record")).to_contain_text('"cancelled": true')
 
@@ -179,6 +182,16 @@ def test_app_in_headless_chromium(server):
             expect(page.get_by_role("option", name="late-look")).to_be_visible()
             page.keyboard.press("Escape")
 
+            # a preset of another method: one readable message, the controls untouched and not in an error state
+            other = tmp_path / "other-method.json"
+            other.write_text((ROOT / "clipkit" / "methods" / "image" / "presets" / "edit-recolour.json").read_text())
+            with page.expect_file_chooser() as chooser:
+                page.locator("#generate-preset-upload").click()
+            chooser.value.set_files(str(other))
+            expect(page.locator("#generate-preset-info")).to_contain_text("is a preset for method 'edit'")
+            expect(page.locator("#generate-steps input[type=number]")).to_have_value("1000")
+            expect(page.locator("#tab-generate .error")).to_have_count(0)
+
             # style presets cross methods: a CLIPstyler artist preset drives PODA too
             page.get_by_role("tab", name="Style transfer").click()
             page.get_by_role("tab", name="PODA").click()  # a CLIPstyler artist preset drives PODA too
@@ -201,6 +214,7 @@ def test_app_in_headless_chromium(server):
             page.locator("#stylize-run").click()
             expect(page.locator("#stylize-status")).to_contain_text("Done.")
             expect(page.locator("#stylize-gallery img").first).to_be_visible()
+            expect(page.locator("#stylize-compare img")).to_have_count(2)  # before / after at one size
             checkpoint = page.locator("#stylize-checkpoint textarea, #stylize-checkpoint input").first
             checkpoint.fill(str(tmp_path / "no-such-stylizer.safetensors"))
             page.locator("#stylize-run").click()

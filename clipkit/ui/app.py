@@ -58,6 +58,19 @@ log = logging.getLogger(__name__)
 DEFAULT_OUTPUT_DIR = Path("outputs") / "app"  # beside where the app was started, like the CLI
 WEIGHTS_DIR_ENV = "CLIPKIT_WEIGHTS_DIR"  # weights files the app's clients may name (with any --weights-dir)
 UPDATE_EVERY_S = 0.2  # at most this often a status update goes to the browser (previews always go)
+# Ctrl/Cmd+Enter runs the tab in view, Esc cancels its run (as in the tools artists know)
+SHORTCUTS = """<script>
+document.addEventListener("keydown", (e) => {
+  const shown = (sel) => [...document.querySelectorAll(sel)].find((b) => b.offsetParent !== null);
+  if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) {
+    const run = shown("button[id$='-run']");
+    if (run && !run.disabled) { e.preventDefault(); run.click(); }
+  } else if (e.key === "Escape") {
+    const cancel = shown("button[id$='-cancel']");
+    if (cancel) { cancel.click(); }
+  }
+});
+</script>"""
 
 
 # ------------------------------------------------------------------------------------------ pure helpers
@@ -156,6 +169,13 @@ def mask_painter_value(picture: Any, mask: Image.Image | None = None) -> dict[st
         tinted = (rgb.astype(np.uint16) + _tint_colours(rgb)) // 2
         image = Image.fromarray(np.where(where, tinted, rgb).astype(np.uint8), "RGB")
     return {"background": image, "layers": [], "composite": None}
+
+
+def told(message: str, duration: float | None = 10) -> str:
+    """Tell the user once, as a toast, and return the line for the tab's status: an error never becomes an
+    error state on every output control (what raising ``gr.Error`` from a many-output event shows)."""
+    gr.Warning(message, duration=duration)
+    return f"⚠️ {message}"
 
 
 def format_values(values: dict[str, float]) -> str:
@@ -587,8 +607,9 @@ class ClipKitApp:
 
         def apply(p: Preset, mask: Image.Image | None = None, picture_value: Any = None) -> list[Any]:
             if p.method != m.name and p.method not in m.borrows:
-                raise gr.Error(f"'{p.name}' is a preset for method '{p.method}'; open the "
-                               f"{methods()[p.method].title if p.method in methods() else p.method} tab to use it")
+                raise ParameterError(f"'{p.name}' is a preset for method '{p.method}'; open the "
+                                     f"{methods()[p.method].title if p.method in methods() else p.method} tab to "
+                                     "use it")
             values = api.preset_values(m, p)
             desc = f" — {p.description}" if p.description else ""
             if p.method != m.name:  # borrowed: only the shared settings change, the rest stay as they are
@@ -605,18 +626,18 @@ class ClipKitApp:
                          "get the mask back")
             return [*shown, f"Loaded preset **{p.name}**{desc}", painted]
 
-        def unchanged() -> list[Any]:
-            return [gr.update() for _ in control_list] + [""] + ([None] if editor is not None else [])
+        def unchanged(message: str = "") -> list[Any]:
+            return [gr.update() for _ in control_list] + [message] + ([None] if editor is not None else [])
 
         def on_preset(name: str | None) -> list[Any]:
             if not name:
                 return unchanged()
             if name not in self._preset_names(m):  # a name from the list, never a path on the server
-                raise gr.Error(f"no preset named {name!r} for {m.title}")
+                return unchanged(told(f"no preset named {name!r} for {m.title}"))
             try:
                 return apply(load_preset(name))
             except ClipKitError as e:
-                raise gr.Error(str(e)) from e
+                return unchanged(told(str(e)))
 
         def on_upload(data: dict) -> list[Any]:
             file = data[upload]
@@ -626,17 +647,17 @@ class ClipKitApp:
                 mask = api.recorded_mask(file) if Path(file).suffix.lower() == ".png" else None
                 return apply(load_preset(Path(file)), mask, data.get(picture))
             except ClipKitError as e:
-                raise gr.Error(str(e)) from e
+                return unchanged(told(str(e)))
 
         def on_reuse(data: dict) -> list[Any]:
             record = data[record_json]
             if not record:
-                raise gr.Error("select a result in the gallery first")
+                return unchanged(told("Select a result in the gallery first, then load its settings."))
             try:
                 return apply(preset_from_record(record, name="from-result", source="the selected result"),
                              api.recorded_mask(record), data.get(picture))
             except ClipKitError as e:
-                raise gr.Error(str(e)) from e
+                return unchanged(told(str(e)))
 
         def on_save(data: dict) -> tuple[Any, Any, str]:
             name = (data[save_name] or "").strip()
@@ -645,11 +666,11 @@ class ClipKitApp:
                 s = values_to_settings(m, {n: data[c] for n, c in controls.items()})
                 existed = name in [p.name for p in list_presets()]
                 path = save_preset(make_preset(m.name, s, name, (data[save_desc] or "").strip()), overwrite=replace)
-            except PresetExistsError as e:
-                raise gr.Error(f"A preset named '{name}' already exists. Choose another name, or tick \"Replace an "
-                               "existing preset of this name\" to replace it.") from e
+            except PresetExistsError:
+                return gr.update(), gr.update(), told(f"A preset named '{name}' already exists. Choose another "
+                                                      "name, or tick \"Replace an existing preset of this name\".")
             except ClipKitError as e:
-                raise gr.Error(str(e)) from e
+                return gr.update(), gr.update(), told(str(e))
             choices = self._preset_names(m)
             verb = "Replaced" if replace and existed else "Saved"
             return (str(path), gr.update(choices=choices, value=name), f"{verb} preset **{name}**")
@@ -657,17 +678,15 @@ class ClipKitApp:
         def on_run(data: dict, request: gr.Request, progress=gr.Progress()) -> Iterator[dict]:  # noqa: B008 (Gradio injects it)
             try:
                 settings = values_to_settings(m, {n: data[c] for n, c in controls.items()})
+                images: dict[str, Any] = self.artifact_files(m, {n: data[f] for n, f in files.items()})
             except ClipKitError as e:
-                raise gr.Error(str(e)) from e
-            images: dict[str, Any] = {}
-            try:
-                images.update(self.artifact_files(m, {n: data[f] for n, f in files.items()}))
-            except ClipKitError as e:
-                raise gr.Error(str(e)) from e
+                yield {status: told(str(e))}
+                return
             for inp in m.image_inputs:
                 value = data[inputs[inp.name]]
                 if value is None:
-                    raise gr.Error(f"upload an image first ({inp.label})")
+                    yield {status: told(f"upload an image first ({inp.label})")}
+                    return
                 images[inp.name] = api.to_rgb(value)
                 if inp.mask:
                     mask = painted_mask(data[painters[inp.name]], images[inp.name])
@@ -695,10 +714,10 @@ class ClipKitApp:
                             history: entries,
                         }
             except ClipKitError as e:
-                raise gr.Error(str(e), duration=None) from e
+                yield {status: told(str(e), duration=None)}
             except Exception as e:
                 log.exception("run of %s failed", m.name)
-                raise gr.Error(f"{type(e).__name__}: {e}", duration=None) from e
+                yield {status: told(f"The run failed: {type(e).__name__}: {e}", duration=None)}
 
         def on_select(entries: list[Entry], evt: gr.SelectData) -> tuple[Any, Any]:
             if evt.index is None or evt.index >= len(entries):
@@ -724,16 +743,17 @@ class ClipKitApp:
         save_btn.click(on_save, {save_name, save_desc, save_over, *control_list}, [preset_file, preset_dd, preset_info],
                        queue=False)
         run_inputs = {*control_list, *inputs.values(), *painters.values(), *files.values(), history}
-        def on_arm(request: gr.Request) -> str:
-            return self.arm(self.key(request, m))
+        def on_arm(request: gr.Request) -> tuple[str, Any]:
+            return self.arm(self.key(request, m)), gr.update(interactive=False)  # one run per tab at a time
 
         def on_cancel(request: gr.Request) -> None:
             self.cancel(self.key(request, m))
 
-        run_btn.click(on_arm, None, status, queue=False).then(
+        run_btn.click(on_arm, None, [status, run_btn], queue=False).then(
             on_run, run_inputs, [preview, status, gallery, record_json, download, history,
                                  *([compare] if compare is not None else [])],
-            concurrency_limit=self.concurrency, concurrency_id="clipkit-runs", api_name=f"run_{m.name}")
+            concurrency_limit=self.concurrency, concurrency_id="clipkit-runs", api_name=f"run_{m.name}").then(
+            lambda: gr.update(interactive=True), None, run_btn, queue=False)  # after success, error or cancel
         cancel_btn.click(on_cancel, None, None, queue=False)
         gallery.select(on_select, history, [record_json, download], queue=False)
         if m.live and compare is not None:
@@ -744,7 +764,7 @@ class ClipKitApp:
                     given = self.artifact_files(m, {n: data[f] for n, f in files.items()}, strict=False)
                     return self.live_update(m, settings, given, entries[0] if entries else None)
                 except ClipKitError as e:
-                    raise gr.Error(str(e)) from e
+                    return gr.update(), told(str(e))
 
             for name in m.live:
                 controls[name].release(on_live, {*control_list, *files.values(), history}, [compare, status],
@@ -769,10 +789,13 @@ class ClipKitApp:
             h["send_to"].choices = [(t, t) for t, n in titles.items() if n != name]
 
             def send(choice: str | None, path: str | None) -> list[Any]:
+                nothing = [gr.update() for _ in outputs]
                 if not self.is_result(path):  # the client sends the path back: only this app's results pass
-                    raise gr.Error("select a result in the gallery first, then send it")
+                    told("Select a result in the gallery first, then send it.")
+                    return nothing
                 if choice not in titles:
-                    raise gr.Error("choose where to send the result")
+                    told("Choose where to send the result.")
+                    return nothing
                 target = titles[choice]
                 tab, inner = places[target]
                 carried = api.artifact_files(path)  # name -> (kind, file)
@@ -780,8 +803,8 @@ class ClipKitApp:
                 found = {art: next((f for kind, f in carried.values() if kind_fits(kind, wanted[art])), None)
                          for art in wanted}
                 if target not in pictures and not any(found.values()):
-                    raise gr.Error(f"this result carries nothing {methods()[target].title} takes "
-                                   f"({', '.join(wanted.values())})")
+                    told(f"This result carries nothing {methods()[target].title} takes ({', '.join(wanted.values())}).")
+                    return nothing
                 picture = None
                 if target in pictures:
                     picture = Image.open(path)
@@ -840,4 +863,5 @@ def serve(host: str = "127.0.0.1", port: int = 7860, test_models: bool = False, 
     # results and saved presets are served for download from these folders only
     allowed = [str(out), str(user_preset_dir())]
     demo.launch(server_name=host, server_port=port, allowed_paths=allowed, show_error=True, inbrowser=inbrowser,
+                head=SHORTCUTS,
                 footer_links=["api", "settings"])
