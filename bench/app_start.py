@@ -1,12 +1,14 @@
 """How long the web app takes to serve: from the command to the first HTTP 200 of its page.
 
-    python bench/app_start.py [--repeats 3] [--tiny] [--timeout 120]
+    python bench/app_start.py [--repeats 3] [--tiny] [--timeout 120] [--before DIR] [--source DIR]
 
 Starts the README's command (``.venv/bin/clipkit``, here with ``--port`` a free local port and its own output
 folder) as a subprocess, polls ``http://127.0.0.1:PORT/`` until it answers 200, and stops it; the median of
 ``--repeats`` starts. In the same run it times two baselines the app cannot beat by lazy imports: a bare
 ``python -c "import gradio"`` (the app must import it to serve) and ``python -c "import torch"``, and prints the
 app's start against them as ratios (absolute seconds on a shared machine are noisy; the ratios are what count).
+``--before DIR`` also starts the app from another source tree (e.g. ``git worktree add /tmp/old COMMIT``), in
+turn with the others, for a before/after in one run.
 The target of issue #28 is the app serving within 5 s of the command on the 2-core development machine.
 
 No traffic leaves the machine: the server listens on 127.0.0.1 only, with telemetry off.
@@ -90,21 +92,30 @@ def main() -> int:
     p.add_argument("--tiny", action="store_true", help="start the app in test mode (--tiny)")
     p.add_argument("--timeout", type=float, default=120.0, help="give up on a start after this many seconds")
     p.add_argument("--target", type=float, default=5.0, help="seconds the app should serve within")
+    p.add_argument("--before", type=Path, default=None, help="another clipkit source tree to start as well")
+    p.add_argument("--source", type=Path, default=ROOT, help="the clipkit source tree to start (default: this one)")
     a = p.parse_args()
-    env = {**os.environ, **ENV, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, **ENV, "PYTHONPATH": str(a.source.resolve())}
     runs: dict[str, list[float]] = {"app": [], "import gradio": [], "import torch": []}
-    for _ in range(a.repeats):  # interleaved, so a change in the machine's load touches all three alike
+    if a.before is not None:
+        runs["app (before)"] = []
+    for _ in range(a.repeats):  # interleaved, so a change in the machine's load touches all alike
         runs["app"].append(time_app(env, a.tiny, a.timeout))
+        if a.before is not None:  # its clipkit comes first on the path (the installed one is an editable finder)
+            runs["app (before)"].append(time_app({**env, "PYTHONPATH": str(a.before.resolve())}, a.tiny, a.timeout))
         runs["import gradio"].append(time_command([sys.executable, "-c", "import gradio"], env))
         runs["import torch"].append(time_command([sys.executable, "-c", "import torch"], env))
     med = {k: statistics.median(v) for k, v in runs.items()}
     print(f"app start-up, median of {a.repeats} ({os.cpu_count()} CPUs; load average "
           f"{os.getloadavg()[0]:.2f}):")
     for k, v in runs.items():
-        print(f"  {k:14s} {med[k]:6.2f} s   (runs: {', '.join(f'{x:.2f}' for x in v)})")
+        print(f"  {k:15s} {med[k]:6.2f} s   (runs: {', '.join(f'{x:.2f}' for x in v)})")
     print(f"  app / import gradio          = {med['app'] / med['import gradio']:.2f}x")
     print(f"  app / import torch           = {med['app'] / med['import torch']:.2f}x")
     print(f"  app / (gradio + torch)       = {med['app'] / (med['import gradio'] + med['import torch']):.2f}x")
+    if a.before is not None:
+        print(f"  before / app                 = {med['app (before)'] / med['app']:.2f}x faster; before / import "
+              f"gradio = {med['app (before)'] / med['import gradio']:.2f}x")
     ok = med["app"] <= a.target
     print(f"  target: serving within {a.target:.1f} s: {'met' if ok else 'NOT met'} ({med['app']:.2f} s)")
     return 0 if ok else 1
