@@ -129,6 +129,7 @@ def test_app_in_headless_chromium(server):
             # a short job: live status, then a result in the gallery
             steps.fill("3")
             steps.press("Enter")
+            expect(page.locator("#generate-preset-info")).to_contain_text("(modified)")  # no longer the preset
             page.locator("#generate-run").click()
             expect(page.locator("#generate-gallery img").first).to_be_visible()
             expect(page.locator("#generate-status")).to_contain_text("Done.")

@@ -58,6 +58,8 @@ log = logging.getLogger(__name__)
 DEFAULT_OUTPUT_DIR = Path("outputs") / "app"  # beside where the app was started, like the CLI
 WEIGHTS_DIR_ENV = "CLIPKIT_WEIGHTS_DIR"  # weights files the app's clients may name (with any --weights-dir)
 UPDATE_EVERY_S = 0.2  # at most this often a status update goes to the browser (previews always go)
+MODIFIED = " · *(modified)*"  # after a loaded preset's line once a control changes
+NEEDS_WEIGHTS = " (needs weights)"  # after a preset's name in the list when its weights are missing here
 # Ctrl/Cmd+Enter runs the tab in view, Esc cancels its run (as in the tools artists know)
 SHORTCUTS = """<script>
 document.addEventListener("keydown", (e) => {
@@ -544,7 +546,7 @@ class ClipKitApp:
                     files[art.name] = gr.File(label=art.label + ("" if art.required else " (optional)"),
                                               file_types=[".safetensors"], type="filepath",
                                               elem_id=f"{m.name}-{art.name}")
-                presets = self._preset_names(m, self._listed)
+                presets = self._preset_choices(m, self._listed)
                 with gr.Row():
                     preset_dd = gr.Dropdown(presets, value=None, label="Preset", scale=3,
                                             elem_id=f"{m.name}-preset")
@@ -617,6 +619,9 @@ class ClipKitApp:
                 shown = [control_value(m, n, values[n]) if n in values else gr.update() for n in m.field_names()]
             else:
                 shown = settings_to_values(m, values)
+            missing = self._preset_missing(m, p)
+            if missing:
+                desc += f". ⚠️ Needs weights this machine lacks: {missing}"
             if editor is None:
                 return [*shown, f"Loaded preset **{p.name}**{desc}"]
             painted = mask_painter_value(picture_value, mask) if mask is not None else None
@@ -671,7 +676,7 @@ class ClipKitApp:
                                                       "name, or tick \"Replace an existing preset of this name\".")
             except ClipKitError as e:
                 return gr.update(), gr.update(), told(str(e))
-            choices = self._preset_names(m)
+            choices = self._preset_choices(m)
             verb = "Replaced" if replace and existed else "Saved"
             return (str(path), gr.update(choices=choices, value=name), f"{verb} preset **{name}**")
 
@@ -726,7 +731,14 @@ class ClipKitApp:
             return e.record, e.path
 
         with_picture = {picture} if picture is not None else set()
-        preset_dd.focus(lambda: gr.update(choices=self._preset_names(m)), None, preset_dd, queue=False)
+        preset_dd.focus(lambda: gr.update(choices=self._preset_choices(m)), None, preset_dd, queue=False)
+
+        def on_modified(info: str) -> Any:  # the list keeps the name; the line says the controls moved on
+            if info and info.startswith("Loaded preset") and MODIFIED not in info:
+                return info + MODIFIED
+            return gr.update()
+
+        gr.on([c.input for c in control_list], on_modified, preset_info, preset_info, queue=False)
         preset_dd.input(on_preset, preset_dd, loaded, queue=False)
         loads = [upload.upload(on_upload, {upload, *with_picture}, loaded, queue=False),
                  reuse_btn.click(on_reuse, {record_json, *with_picture}, loaded, queue=False)]
@@ -815,6 +827,24 @@ class ClipKitApp:
                         *[(found[art] if n == target and found[art] else gr.update()) for n, art, _ in files]]
 
             h["send_btn"].click(send, [h["send_to"], h["download"]], outputs, queue=False)
+
+    def _preset_choices(self, m: Method, listed: dict[str, list[Preset]] | None = None) -> list[tuple[str, str]]:
+        """The tab's presets as (label, name): a preset whose weights this machine lacks says so in its label
+        (artist presets name a real CLIP; with only the world CLIPs they cannot look as described)."""
+        listed = presets_by_method() if listed is None else listed
+        out = []
+        for p in (p for src in (m.name, *m.borrows) for p in listed.get(src, [])):
+            out.append((p.name + (NEEDS_WEIGHTS if self._preset_missing(m, p) else ""), p.name))
+        return out
+
+    def _preset_missing(self, m: Method, p: Preset) -> str | None:
+        """What weights ``p`` needs that are not here (None: all there, or the app's test models stand in)."""
+        if self.test_models:
+            return None
+        try:
+            return m.missing(values_to_settings(m, {**settings_dict(m.defaults()), **api.preset_values(m, p)}))
+        except ClipKitError as e:
+            return str(e)
 
     @staticmethod
     def _preset_names(m: Method, listed: dict[str, list[Preset]] | None = None) -> list[str]:
