@@ -171,7 +171,7 @@ def test_run_stream_previews_then_saves_a_reproducible_png(tmp_path, fast_genera
     events = list(app.run_stream(m, s, {}))
     kinds = [k for k, _ in events]
     assert "preview" in kinds and "status" in kinds and kinds[-1] == "result"
-    assert any("Step 2/2" in v for k, v in events if k == "status")
+    assert any("Step 2 of 2" in v and "100 %" in v for k, v in events if k == "status")
     (entry,) = app.save_results(m, events[-1][1])
     same = api.run(preset=entry.path, clip="tiny")  # the app's output reproduces through the API
     assert same.tensors.equal(events[-1][1].tensors) and "seed 9" in entry.caption
@@ -280,3 +280,11 @@ def app_sheet(images: torch.Tensor) -> Image.Image:
     from clipkit.ui.app import batch_sheet
 
     return batch_sheet(images)
+
+
+def test_the_status_line_is_for_people():
+    from clipkit.ui.app import format_values, progress_line
+
+    assert progress_line(10, 40, 5.0) == "**Step 10 of 40** · 25 % · about 15 s left"
+    assert progress_line(40, 40, 20.0) == "**Step 40 of 40** · 100 %"
+    assert format_values({"tv": 0.012345, "latent_l2": 2.0}) == "roughness 0.0123 · distance from the start 2"

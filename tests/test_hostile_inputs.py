@@ -505,7 +505,7 @@ def test_tiny_images_are_refused_with_a_clear_message():
 def test_the_app_status_shows_no_nan():
     from clipkit.ui.app import caption_for, format_values
 
-    assert format_values({"loss": float("nan"), "t": 0.5}) == "t 0.5000"
+    assert format_values({"loss": float("nan"), "t": 0.5}) == "noise level 0.5"
     record = {"settings": {"method": "diffusion", "seed": 1}, "steps_done": 2, "final": {"loss": float("nan")}}
     assert "nan" not in caption_for(record)
 

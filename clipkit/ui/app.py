@@ -180,9 +180,27 @@ def told(message: str, duration: float | None = 10) -> str:
     return f"⚠️ {message}"
 
 
+# what a step's values mean, in words for the status line (a key not here shows with spaces for underscores)
+VALUE_WORDS = {"loss": "loss", "prompt": "prompt mismatch", "clip": "prompt mismatch", "directional": "direction "
+               "mismatch", "patch": "patch mismatch", "tv": "roughness", "content": "content change", "identity":
+               "identity change", "latent_l2": "distance from the start", "t": "noise level", "residual": "residual",
+               "prompt_pair": "prompt pair", "pixel": "pixel error", "perceptual": "perceptual error",
+               "noise_reg": "noise structure", "loss_d": "discriminator loss", "loss_g": "generator loss"}
+
+
 def format_values(values: dict[str, float]) -> str:
-    """Per-step values for the status line; NaN (a run without that loss, e.g. text-only diffusion) is left out."""
-    return " · ".join(f"{k} {v:.4f}" for k, v in values.items() if isinstance(v, (int, float)) and v == v)
+    """Per-step values for the status line, named in words, 3 significant digits; NaN (a run without that loss,
+    e.g. text-only diffusion) is left out."""
+    return " · ".join(f"{VALUE_WORDS.get(k, k.replace('_', ' '))} {v:.3g}" for k, v in values.items()
+                      if isinstance(v, (int, float)) and v == v)
+
+
+def progress_line(step: int, total: int, elapsed: float) -> str:
+    """"Step 12 of 50 · 24 % · about 9 s left": what a person watching a run wants to know."""
+    pct = 100 * step / max(total, 1)
+    left = elapsed / step * (total - step) if step else None
+    eta = "" if left is None or step >= total else f" · about {left:.0f} s left" if left >= 1 else " · almost done"
+    return f"**Step {step} of {total}** · {pct:.0f} %{eta}"
 
 
 def batch_sheet(images: torch.Tensor) -> Image.Image:
@@ -407,7 +425,7 @@ class ClipKitApp:
                         last_status = now  # progress and status at most every UPDATE_EVERY_S: a busy page lags
                         if progress is not None:
                             progress((info.step, info.total), desc=f"{m.title}: step {info.step}/{info.total}")
-                        yield "status", (f"**Step {info.step}/{info.total}** ({now - started:.1f} s) — "
+                        yield "status", (f"{progress_line(info.step, info.total, now - started)} — "
                                          f"{format_values(info.values)}")
                 elif kind == "error":
                     raise payload
@@ -712,7 +730,8 @@ class ClipKitApp:
                             yield {compare: self.before_after(m, settings, images, payload, entry.path)}
                         yield {
                             preview: batch_sheet(payload.tensors),
-                            status: f"**{done}** {entry.caption} · {t:.1f} s — saved `{Path(entry.path).name}`",
+                            status: (f"**{done}** {entry.caption} · {t:.1f} s <details><summary>file</summary>"
+                                     f"<code>{Path(entry.path).name}</code></details>"),
                             gallery: gr.update(value=[(e.path, e.caption) for e in entries], selected_index=0),
                             record_json: entry.record,
                             download: entry.path,
