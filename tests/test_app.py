@@ -288,3 +288,17 @@ def test_the_status_line_is_for_people():
     assert progress_line(10, 40, 5.0) == "**Step 10 of 40** · 25 % · about 15 s left"
     assert progress_line(40, 40, 20.0) == "**Step 40 of 40** · 100 %"
     assert format_values({"tv": 0.012345, "latent_l2": 2.0}) == "roughness 0.0123 · distance from the start 2"
+
+
+def test_history_lists_what_the_app_saved_newest_first(tmp_path, fast_generate):
+    app = ClipKitApp(test_models=True, output_dir=tmp_path)
+    m = get_method("generate")
+    s = values_to_settings(m, {**api.load_preset("generate-preview").settings, **fast_generate})
+    first = app.save_results(m, list(app.run_stream(m, dataclasses.replace(s, seed=1), {}))[-1][1])
+    second = app.save_results(m, list(app.run_stream(m, dataclasses.replace(s, seed=2), {}))[-1][1])
+    (tmp_path / "not-a-result.png").write_bytes(b"not a png")
+    later = ClipKitApp(test_models=True, output_dir=tmp_path)  # a restarted app sees them too
+    found = later.saved_results()
+    assert [e.path for e in found] == [second[0].path, first[0].path]
+    assert found[0].record["settings"]["seed"] == 2 and "seed 2" in found[0].caption
+    build_app(test_models=True, output_dir=tmp_path)  # the History tab builds with its wiring

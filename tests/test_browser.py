@@ -312,6 +312,16 @@ def test_app_in_headless_chromium(server):
                 expect(page.locator("#enhance-status")).to_contain_text("Done.")
                 expect(page.locator("#enhance-record")).to_contain_text('"strength": 0.6')
                 _shot(page, tmp_path, "app-enhance.png")
+
+            # history survives a reload: the saved results are listed and one opens in its own tab
+            page.reload()
+            page.get_by_role("tab", name="History").click()
+            expect(page.locator("#history-gallery img").first).to_be_visible()
+            page.locator("#history-gallery img").first.click()
+            expect(page.locator("#history-record")).to_contain_text('"method"')
+            page.locator("#history-open").click()
+            expect(page.locator("#edit-preset-info, #enhance-preset-info").filter(
+                has_text="from-history").first).to_be_visible()
         except Exception:
             print((tmp_path / "server.log").read_text()[-3000:])
             try:  # a page too busy to draw must not hide the failure itself

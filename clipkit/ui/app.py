@@ -36,7 +36,7 @@ from clipkit import api
 from clipkit.guidance import weights
 from clipkit.guidance.artifacts import kind_fits
 from clipkit.guidance.errors import ClipKitError, ParameterError
-from clipkit.guidance.images import tensor_to_pil
+from clipkit.guidance.images import read_settings, tensor_to_pil
 from clipkit.guidance.threads import set_threads
 from clipkit.presets import (
     Preset,
@@ -60,6 +60,7 @@ WEIGHTS_DIR_ENV = "CLIPKIT_WEIGHTS_DIR"  # weights files the app's clients may n
 UPDATE_EVERY_S = 0.2  # at most this often a status update goes to the browser (previews always go)
 MODIFIED = " · *(modified)*"  # after a loaded preset's line once a control changes
 NEEDS_WEIGHTS = " (needs weights)"  # after a preset's name in the list when its weights are missing here
+HISTORY_LIMIT = 300  # saved results the History tab lists (newest first)
 # Ctrl/Cmd+Enter runs the tab in view, Esc cancels its run (as in the tools artists know)
 SHORTCUTS = """<script>
 document.addEventListener("keydown", (e) => {
@@ -492,6 +493,79 @@ class ClipKitApp:
         return (batch_sheet(before), batch_sheet(after)), (f"Live: {moved} ({ms:.0f} ms). Press **Run** to keep "
                                                            "it as a result.")
 
+    # ---- history: what this app saved, across reloads and restarts
+    def saved_results(self, limit: int = HISTORY_LIMIT) -> list[Entry]:
+        """The result PNGs in the output folder, newest first, with their records (unreadable files skipped)."""
+        if not self.output_dir.is_dir():
+            return []
+        files = sorted(self.output_dir.glob("*.png"), key=lambda f: f.stat().st_mtime, reverse=True)[:limit]
+        entries = []
+        for f in files:
+            try:
+                record = read_settings(f)
+            except (ClipKitError, OSError, ValueError):
+                continue
+            if isinstance(record.get("settings"), dict) and "steps_done" in record:
+                entries.append(Entry(str(f), caption_for(record), record))
+        return entries
+
+    def _build_history(self) -> dict[str, Any]:
+        gr.Markdown("Every result this app saved in its output folder, newest first (they stay after a reload or "
+                    "a restart). Select one to see its settings, download it, open its settings in its tab to run "
+                    "it again, or send it on.")
+        refresh = gr.Button("Refresh", size="sm", elem_id="history-refresh")
+        entries = gr.State([])
+        gallery = gr.Gallery(label="Saved results", columns=6, height="auto", format="png",
+                             elem_id="history-gallery")
+        record_json = gr.JSON(label="Settings, losses and timings", max_height=320, elem_id="history-record")
+        with gr.Row():
+            download = gr.DownloadButton("Download PNG (settings embedded)", value=None,
+                                         elem_id="history-download")
+            open_btn = gr.Button("Open its settings in its tab", elem_id="history-open")
+        with gr.Row():
+            send_to = gr.Dropdown([], value=None, label="Send the selected result to", scale=3,
+                                  elem_id="history-send-to")
+            send_btn = gr.Button("Send", scale=1, size="sm", elem_id="history-send")
+
+        def on_refresh() -> tuple[Any, list[Entry]]:
+            found = self.saved_results()
+            return gr.update(value=[(e.path, e.caption) for e in found]), found
+
+        def on_select(found: list[Entry], evt: gr.SelectData) -> tuple[Any, Any]:
+            if evt.index is None or evt.index >= len(found):
+                return gr.update(), gr.update()
+            return found[evt.index].record, found[evt.index].path
+
+        outputs = [gallery, entries]
+        refresh.click(on_refresh, None, outputs, queue=False)
+        gallery.select(on_select, entries, [record_json, download], queue=False)
+        return {"image": None, "files": {}, "download": download, "send_to": send_to, "send_btn": send_btn,
+                "record": record_json, "open_btn": open_btn, "refresh": on_refresh, "outputs": outputs}
+
+    def _wire_open(self, history: dict[str, Any], handles: dict[str, dict[str, Any]],
+                   places: dict[str, tuple[str, Any]], outer: Any) -> None:
+        """"Open its settings in its tab": the selected result's method tab opens with its settings loaded."""
+        inners = list(dict.fromkeys(inner for _, inner in places.values() if inner is not None))
+        loaded = [c for h in handles.values() for c in h["loaded"]]
+
+        def open_entry(record: dict[str, Any] | None, path: str | None) -> list[Any]:
+            keep = [gr.update() for _ in [outer, *inners, *loaded]]
+            if not record or not self.is_result(path):
+                told("Select a result first, then open it.")
+                return keep
+            target = record.get("settings", {}).get("method")
+            if target not in handles:
+                told(f"This result was made by '{target}', which this app does not have.")
+                return keep
+            tab, inner = places[target]
+            values = [v for name, h in handles.items()
+                      for v in (h["open"](record) if name == target else [gr.update() for _ in h["loaded"]])]
+            return [gr.Tabs(selected=tab), *[gr.Tabs(selected=target) if i is inner else gr.update()
+                                             for i in inners], *values]
+
+        history["open_btn"].click(open_entry, [history["record"], history["download"]], [outer, *inners, *loaded],
+                                  queue=False)
+
     @staticmethod
     def _label(m: Method, name: str) -> str:
         return m.controls.get(name, Control()).label or name.replace("_", " ")
@@ -532,7 +606,11 @@ class ClipKitApp:
                             with gr.Tab(m.title, id=m.name, elem_id=f"tab-{m.name}"):
                                 handles[m.name] = self._build_tab(m)
                             places[m.name] = (family, inner)
-            self._wire_send_to(handles, places, outer)
+                with gr.Tab("History", id="history", elem_id="tab-history") as history_tab:
+                    history = self._build_history()
+            history_tab.select(history["refresh"], None, history["outputs"], queue=False)
+            self._wire_open(history, handles, places, outer)
+            self._wire_send_to({**handles, "history": history}, places, outer)
         return demo
 
     def _build_tab(self, m: Method) -> dict[str, Any]:
@@ -800,9 +878,15 @@ class ClipKitApp:
             for name in m.live:
                 controls[name].release(on_live, {*control_list, *files.values(), history}, [compare, status],
                                        queue=False, trigger_mode="always_last")
+        def open_record(record: dict[str, Any]) -> list[Any]:  # the History tab opens a result here
+            try:
+                return apply(preset_from_record(record, name="from-history", source="the history entry"))
+            except ClipKitError as e:
+                return unchanged(told(str(e)))
+
         first = m.image_inputs[0].name if m.image_inputs else None
         return {"image": inputs.get(first) if first else None, "download": download, "send_to": send_to,
-                "send_btn": send_btn, "files": files}
+                "send_btn": send_btn, "files": files, "loaded": loaded, "open": open_record}
 
     def _wire_send_to(self, handles: dict[str, dict[str, Any]], places: dict[str, tuple[str, Any]],
                       outer: Any) -> None:
