@@ -61,6 +61,15 @@ UPDATE_EVERY_S = 0.2  # at most this often a status update goes to the browser (
 MODIFIED = " · *(modified)*"  # after a loaded preset's line once a control changes
 NEEDS_WEIGHTS = " (needs weights)"  # after a preset's name in the list when its weights are missing here
 HISTORY_LIMIT = 300  # saved results the History tab lists (newest first)
+# On a phone the Run / Cancel row stays at the bottom of the screen while the controls scroll above it
+CSS = """
+@media (max-width: 700px) {
+  .clipkit-run-row { position: fixed; left: 0; right: 0; bottom: 0; z-index: 50; margin: 0 !important;
+                     padding: 8px 16px; background: var(--body-background-fill);
+                     box-shadow: 0 -4px 8px rgba(0, 0, 0, 0.12); }
+  body { padding-bottom: 72px; }
+}
+"""
 # Ctrl/Cmd+Enter runs the tab in view, Esc cancels its run (as in the tools artists know)
 SHORTCUTS = """<script>
 document.addEventListener("keydown", (e) => {
@@ -649,6 +658,9 @@ class ClipKitApp:
                     upload = gr.UploadButton("Load preset / PNG", file_types=[".json", ".png"], scale=1,
                                              size="sm", elem_id=f"{m.name}-preset-upload")
                 preset_info = gr.Markdown(elem_id=f"{m.name}-preset-info")
+                with gr.Row(elem_classes=["clipkit-run-row"]):  # above the controls: in view without scrolling
+                    run_btn = gr.Button("Run", variant="primary", elem_id=f"{m.name}-run")
+                    cancel_btn = gr.Button("Cancel", variant="stop", elem_id=f"{m.name}-cancel")
                 controls: dict[str, gr.components.Component] = {}
                 main = [f.name for f in fields(m.settings_cls) if not m.controls.get(f.name, Control(advanced=True))
                         .advanced]
@@ -659,9 +671,6 @@ class ClipKitApp:
                         if name not in controls:
                             controls[name] = self._control(m, name, defaults[name])
                 controls = {n: controls[n] for n in m.field_names()}  # field order, for value lists
-                with gr.Row():
-                    run_btn = gr.Button("Run", variant="primary", elem_id=f"{m.name}-run")
-                    cancel_btn = gr.Button("Cancel", variant="stop", elem_id=f"{m.name}-cancel")
                 with gr.Accordion("Save as preset", open=False):
                     save_name = gr.Textbox(label="Preset name", placeholder="my-look", elem_id=f"{m.name}-save-name")
                     save_desc = gr.Textbox(label="Description", placeholder="what it does, for whom")
@@ -861,7 +870,8 @@ class ClipKitApp:
         run_btn.click(on_arm, None, [status, run_btn], queue=False).then(
             on_run, run_inputs, [preview, status, gallery, record_json, download, history,
                                  *([compare] if compare is not None else [])],
-            concurrency_limit=self.concurrency, concurrency_id="clipkit-runs", api_name=f"run_{m.name}").then(
+            concurrency_limit=self.concurrency, concurrency_id="clipkit-runs", api_name=f"run_{m.name}",
+            show_progress="hidden").then(  # progress is the status line's: nothing drawn over the pictures
             lambda: gr.update(interactive=True), None, run_btn, queue=False)  # after success, error or cancel
         cancel_btn.click(on_cancel, None, None, queue=False)
         gallery.select(on_select, history, [record_json, download], queue=False)
@@ -996,5 +1006,5 @@ def serve(host: str = "127.0.0.1", port: int = 7860, test_models: bool = False, 
     # results and saved presets are served for download from these folders only
     allowed = [str(out), str(user_preset_dir())]
     demo.launch(server_name=host, server_port=port, allowed_paths=allowed, show_error=True, inbrowser=inbrowser,
-                head=SHORTCUTS,
+                head=SHORTCUTS, css=CSS,
                 footer_links=["api", "settings"])
