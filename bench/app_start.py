@@ -109,10 +109,12 @@ def main() -> int:
     print(f"app start-up, median of {a.repeats} ({os.cpu_count()} CPUs; load average "
           f"{os.getloadavg()[0]:.2f}):")
     for k, v in runs.items():
-        print(f"  {k:15s} {med[k]:6.2f} s   (runs: {', '.join(f'{x:.2f}' for x in v)})")
+        print(f"  {k:15s} {med[k]:6.2f} s   best {min(v):6.2f} s   (runs: {', '.join(f'{x:.2f}' for x in v)})")
     print(f"  app / import gradio          = {med['app'] / med['import gradio']:.2f}x")
     print(f"  app / import torch           = {med['app'] / med['import torch']:.2f}x")
     print(f"  app / (gradio + torch)       = {med['app'] / (med['import gradio'] + med['import torch']):.2f}x")
+    print(f"  best app / best import gradio = {min(runs['app']) / min(runs['import gradio']):.2f}x (the quietest "
+          "moments of a shared machine)")
     if a.before is not None:
         print(f"  before / app                 = {med['app (before)'] / med['app']:.2f}x faster; before / import "
               f"gradio = {med['app (before)'] / med['import gradio']:.2f}x")
