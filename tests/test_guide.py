@@ -155,3 +155,29 @@ def test_cutouts_rotate_turns_views_reproducibly():
     assert torch.equal(views, turned(top_lit, 32, torch.Generator().manual_seed(0)))
     with pytest.raises(ParameterError, match="rotation"):
         Cutouts(8, rotate=270)
+
+
+def test_a_feathered_mask_fades_in_inside_the_painted_region_only():
+    from clipkit.guidance.regions import feather
+
+    mask = torch.zeros(1, 1, 32, 32)
+    mask[..., 8:24, 8:24] = 1
+    soft = feather(mask, 4)
+    assert torch.equal(soft[mask == 0], torch.zeros_like(soft[mask == 0]))  # outside: still exactly nothing
+    assert float(soft[0, 0, 16, 16]) == 1.0  # deep inside: the full edit
+    edge = soft[0, 0, 8, 8:24]
+    assert 0 <= float(edge.max()) < 0.5 and float(soft[0, 0, 10, 16]) < float(soft[0, 0, 14, 16])  # a ramp in
+    assert torch.equal(feather(mask, 0), mask)
+
+
+def test_feathered_edit_changes_nothing_outside_and_fades_at_the_edge():
+    from clipkit.api import run
+
+    picture = torch.full((1, 3, 32, 32), 0.5)
+    mask = torch.zeros(32, 32)
+    mask[8:24, 8:24] = 1
+    out = run("edit", image=picture, mask=mask, clip="tiny", prompt="a red circle", steps=3, cutouts=2,
+              feather=6).tensors
+    assert torch.equal(out[..., mask == 0], picture[..., mask == 0])
+    change = (out - picture).abs().amax(1)[0]
+    assert float(change[16, 16]) > float(change[8, 16]) >= 0  # full inside, faded at the stroke's edge

@@ -8,6 +8,8 @@ then puts the original pixels back outside the mask.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -34,6 +36,19 @@ def prepare_mask(mask: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
     if m.shape[-2:] != images.shape[-2:]:
         m = F.interpolate(m, size=images.shape[-2:], mode="bilinear", align_corners=False)
     return m.to(images.device).expand(images.shape[0], -1, -1, -1)
+
+
+def feather(mask: torch.Tensor, radius: float) -> torch.Tensor:
+    """A soft inner edge ``radius`` px wide: the mask blurred, rescaled so its edge falls to 0, and cut to the
+    mask, so an edit fades in toward the stroke's edge (no seam) and nothing outside the mask may change."""
+    if radius <= 0:
+        return mask
+    from kornia.filters import gaussian_blur2d
+
+    sigma = radius / 2
+    size = 2 * math.ceil(2 * sigma) + 1
+    soft = gaussian_blur2d(mask, (size, size), (sigma, sigma), border_type="replicate")
+    return ((2 * soft - 1).clamp(0, 1) * mask).where(mask > 0, torch.zeros_like(mask))
 
 
 def focus(images: torch.Tensor, mask: torch.Tensor | None, background: float = BACKGROUND) -> torch.Tensor:

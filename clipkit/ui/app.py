@@ -642,7 +642,7 @@ class ClipKitApp:
                         painters[inp.name] = gr.ImageEditor(
                             label="Region to change: paint over it (unpainted = the whole picture)", type="pil",
                             format="png", image_mode="RGBA", layers=False, sources=(), transforms=(),
-                            brush=gr.Brush(colors=["#ff00ff"], color_mode="fixed"),
+                            brush=gr.Brush(colors=["rgba(255, 0, 255, 0.45)"], color_mode="fixed"),  # see under
                             elem_id=f"{m.name}-{inp.name}-mask")
                         inputs[inp.name].change(mask_painter_value, inputs[inp.name], painters[inp.name],
                                                 queue=False)
@@ -911,7 +911,9 @@ class ClipKitApp:
         outputs = [outer, *inners, *pictures.values(), *[comp for _, _, comp in files]]
 
         for name, h in handles.items():
-            h["send_to"].choices = [(t, t) for t, n in titles.items() if n != name]
+            # a tab that paints a mask may take its own result back, to paint on it and refine it
+            h["send_to"].choices = [(t, t) for t, n in titles.items()
+                                    if n != name or any(i.mask for i in methods()[n].image_inputs)]
 
             def send(choice: str | None, path: str | None) -> list[Any]:
                 nothing = [gr.update() for _ in outputs]

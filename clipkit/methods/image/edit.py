@@ -22,7 +22,7 @@ from clipkit.guidance.errors import ParameterError
 from clipkit.guidance.guide import DirectionalTerm, Guide, PromptTerm, Term, TVTerm
 from clipkit.guidance.images import as_tensor, encode_mask
 from clipkit.guidance.prompts import TEMPLATE_SETS, parse_prompts
-from clipkit.guidance.regions import composite, prepare_mask
+from clipkit.guidance.regions import composite, feather, prepare_mask
 from clipkit.guidance.runs import CancelToken, RunResult, StepCallback, check_steps, resolve_settings, run_steps, timed
 from clipkit.methods.image.pyramid import PyramidImage
 
@@ -46,6 +46,7 @@ class EditSettings:
     cut_pow: float = 1.0
     min_frac: float = 0.5
     noise: float = 0.2  # strong pixel noise on the views: the edit must hold up under it, not exploit one CLIP
+    feather: float = 0.0  # px: the mask's soft inner edge (guidance.regions.feather); 0 = its edge as painted
     templates: str = "plain"
     model: str = DEFAULT_MODEL
     pretrained: str | None = None
@@ -69,6 +70,8 @@ class EditSettings:
         if self.templates not in TEMPLATE_SETS:
             raise ParameterError(f"templates='{self.templates}' must be one of {sorted(TEMPLATE_SETS)}")
         Cutouts(self.cutouts, cut_pow=self.cut_pow, min_frac=self.min_frac)
+        if not 0 <= self.feather <= 256:
+            raise ParameterError(f"feather={self.feather} must be in [0, 256] pixels")
         return self
 
 
@@ -88,7 +91,8 @@ def edit(
     source = as_tensor(image, clip.device)
     if isinstance(mask, Image.Image):
         mask = torch.from_numpy(np.asarray(mask.convert("L"), dtype=np.float32) / 255.0)
-    m = prepare_mask(mask, source) if mask is not None else None
+    painted = prepare_mask(mask, source) if mask is not None else None  # recorded as painted
+    m = feather(painted, s.feather) if painted is not None else None
     gen = torch.Generator().manual_seed(s.seed)
     param = PyramidImage(source.shape[-2:], base=source, decay=s.detail_decay).to(clip.device)
     view = Cutouts(s.cutouts, cut_pow=s.cut_pow, min_frac=s.min_frac, noise=s.noise)
@@ -126,5 +130,5 @@ def edit(
     with torch.no_grad():
         final = current().detach()
     record = {"method": "edit", **asdict(s), "clip": clip.name, "masked": m is not None,
-              "mask": encode_mask(m) if m is not None else None}
+              "mask": encode_mask(painted) if painted is not None else None}
     return RunResult.from_loop(final, record, history, seconds, cancelled, t_load)

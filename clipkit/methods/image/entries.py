@@ -63,6 +63,9 @@ def methods() -> list[Method]:
                                       step=0.1),
             "steps": Control("Steps", kind="slider", minimum=1, maximum=1000, step=1),
             "seed": Control("Seed", kind="number"),
+            "feather": Control("Soften the mask's edge (px)", "the edit fades in over this width inside the "
+                               "painted region; outside it nothing changes", kind="slider", minimum=0, maximum=32,
+                               step=1),
             "tv_weight": Control("Smoothness (TV weight)", kind="number", advanced=True),
             "detail_decay": _DETAIL_DECAY,
             "lr": Control("Learning rate", kind="number", advanced=True),
