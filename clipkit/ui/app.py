@@ -70,8 +70,14 @@ CSS = """
   body { padding-bottom: 72px; }
 }
 """
-# Ctrl/Cmd+Enter runs the tab in view, Esc cancels its run (as in the tools artists know)
+# Ctrl/Cmd+Enter runs the tab in view, Esc cancels its run (as in the tools artists know); small pictures are
+# enlarged with sharp pixels
 SHORTCUTS = """<script>
+// the world models draw 32-64 px pictures: shown larger, they keep sharp pixels instead of a blur
+document.addEventListener("load", (e) => {
+  const img = e.target;
+  if (img.tagName === "IMG" && img.naturalWidth && img.naturalWidth <= 128) img.style.imageRendering = "pixelated";
+}, true);
 document.addEventListener("keydown", (e) => {
   const shown = (sel) => [...document.querySelectorAll(sel)].find((b) => b.offsetParent !== null);
   if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) {
@@ -651,7 +657,8 @@ class ClipKitApp:
                     files[art.name] = gr.File(label=art.label + ("" if art.required else " (optional)"),
                                               file_types=[".safetensors"], type="filepath",
                                               elem_id=f"{m.name}-{art.name}")
-                presets = self._preset_choices(m, self._listed)
+                presets = self._preset_names(m, self._listed)  # marks for missing weights come on focus (they
+                # need the CLIP registry, which the first page does not load)
                 with gr.Row():
                     preset_dd = gr.Dropdown(presets, value=None, label="Preset", scale=3,
                                             elem_id=f"{m.name}-preset")
