@@ -37,3 +37,16 @@ def test_concurrent_runs_equal_the_same_runs_alone():
     for a, b in zip(alone, together):
         assert b is not None and torch.equal(a, b)
     assert all(a.std() > 0 for a in alone)  # pictures, not blank frames
+
+
+def test_runs_leave_torch_s_global_rng_alone():
+    """A run that drew from the global RNG would shift a network another thread is building from its seed
+    (``seeded_init``): the draw itself may even be multiplied by 0, as an edit's pyramid start once was."""
+    jobs = [*_jobs(), lambda: api.run("stylegan", count=2, seed=4),
+            lambda: api.run("stylemc", clip="tiny", count=1, find_seeds=2, batch=2)]
+    for i, job in enumerate(jobs):
+        job()  # models load on the first call (under the loading lock, which restores the state anyway)
+        torch.manual_seed(123)
+        before = torch.get_rng_state().clone()
+        job()
+        assert torch.equal(before, torch.get_rng_state()), f"job {i} drew from torch's global RNG"

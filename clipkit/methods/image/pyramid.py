@@ -47,8 +47,11 @@ class PyramidImage(nn.Module):
             shapes.append((sh, sw))
             sh, sw = sh // 2, sw // 2
         std = 0.0 if base is not None else init_std / len(shapes)
+        # an edit starts at its base exactly: zeros, with no draw (a draw from torch's global RNG would disturb
+        # a network being built from a seed in another thread: the app runs jobs side by side)
         self.levels = nn.ParameterList(
-            nn.Parameter(torch.randn(batch, 3, a, b, generator=generator) * std) for a, b in reversed(shapes)
+            nn.Parameter(torch.randn(batch, 3, a, b, generator=generator) * std if std else torch.zeros(batch, 3, a, b))
+            for a, b in reversed(shapes)
         )
         logit = torch.logit(base.clamp(1e-3, 1 - 1e-3)) if base is not None else torch.zeros(batch, 3, h, w)
         self.register_buffer("base_logit", logit)
