@@ -302,3 +302,23 @@ def test_history_lists_what_the_app_saved_newest_first(tmp_path, fast_generate):
     assert [e.path for e in found] == [second[0].path, first[0].path]
     assert found[0].record["settings"]["seed"] == 2 and "seed 2" in found[0].caption
     build_app(test_models=True, output_dir=tmp_path)  # the History tab builds with its wiring
+
+
+def test_the_stylizer_strength_slider_redraws_from_the_cached_picture(tmp_path, monkeypatch):
+    from clipkit.methods.style import feedforward
+
+    app = ClipKitApp(test_models=True, output_dir=tmp_path)
+    m = get_method("stylize")
+    photo = Image.new("RGB", (48, 40), (90, 140, 200))
+    s = values_to_settings(m, {**api.settings_dict(m.defaults()), "size": 48})
+    result = list(app.run_stream(m, s, {"image": photo}))[-1][1]
+    (entry,) = app.save_results(m, result)
+    calls = []
+    monkeypatch.setattr(feedforward, "text_condition", lambda *a, **k: calls.append(1))  # a forward would need it
+    (before, after), status = app.live_update(m, dataclasses.replace(s, strength=0.5), {"image": photo}, entry)
+    assert not calls and "Live" in status  # no second forward pass: the stylised picture was cached
+    x = api._as_input_tensor(photo, "image")
+    x = torch.nn.functional.interpolate(x, size=(40, 48)) if x.shape[-2:] != (40, 48) else x
+    half = torch.lerp(x, result.tensors, 0.5).clamp(0, 1)
+    assert after.tobytes() == app_sheet(half).tobytes()
+    assert before.tobytes() == app_sheet(x.clamp(0, 1)).tobytes()  # strength 0: the photo itself

@@ -479,8 +479,7 @@ class ClipKitApp:
         methods), or for live edits the unedited start against the edit (every image)."""
         if m.live:
             settings = self.trusted_settings(m, settings)
-            before = self.live.before(m, settings, {k: v for k, v in inputs.items() if k in self._art_names(m)},
-                                      path)
+            before = self.live.before(m, settings, inputs, path)
             return batch_sheet(before), batch_sheet(result.tensors)
         after = result.images[0]
         picture = inputs[m.image_inputs[0].name]
@@ -584,10 +583,6 @@ class ClipKitApp:
     @staticmethod
     def _label(m: Method, name: str) -> str:
         return m.controls.get(name, Control()).label or name.replace("_", " ")
-
-    @staticmethod
-    def _art_names(m: Method) -> set[str]:
-        return {i.name for i in m.artifact_inputs}
 
     # ---- building
     def build(self) -> gr.Blocks:
@@ -887,13 +882,19 @@ class ClipKitApp:
                 entries = data[history]
                 try:
                     settings = values_to_settings(m, {n: data[c] for n, c in controls.items()})
-                    given = self.artifact_files(m, {n: data[f] for n, f in files.items()}, strict=False)
+                    given: dict[str, Any] = self.artifact_files(m, {n: data[f] for n, f in files.items()},
+                                                                strict=False)
+                    for inp in m.image_inputs:  # the same picture as the run (a mask is not live)
+                        if data[inputs[inp.name]] is None:
+                            return gr.update(), told(f"upload an image first ({inp.label})")
+                        given[inp.name] = api.to_rgb(data[inputs[inp.name]])
                     return self.live_update(m, settings, given, entries[0] if entries else None)
                 except ClipKitError as e:
                     return gr.update(), told(str(e))
 
             for name in m.live:
-                controls[name].release(on_live, {*control_list, *files.values(), history}, [compare, status],
+                controls[name].release(on_live, {*control_list, *files.values(), *inputs.values(), history},
+                                       [compare, status],
                                        queue=False, trigger_mode="always_last")
         def open_record(record: dict[str, Any]) -> list[Any]:  # the History tab opens a result here
             try:

@@ -71,11 +71,14 @@ def methods() -> list[Method]:
             "checkpoint": Control("Stylizer checkpoint", "a .safetensors written by `clipkit train stylizer`"),
             "size": Control("Long side (px; empty = input size)", kind="number"),
             "seed": Control("Seed", kind="number"),
+            "strength": Control("Strength", "0 = the photo, 1 = as the stylizer paints it; moves live after a Run",
+                                kind="slider", minimum=0, maximum=2, step=0.05),
         },
         record_only=("clip", "trained_steps"),
         borrows={"clipstyler": _shared(StylizeSettings)},
         check=_check_stylizer,
         uses_clip=False,  # its text encoder is fixed by the checkpoint, so test mode cannot swap in the tiny CLIP
+        live=("strength",),
     )
     poda_entry = Method(
         name="poda",
