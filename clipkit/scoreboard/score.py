@@ -493,7 +493,7 @@ def unscored_methods() -> list[str]:
     """Registered methods the board has no row for: a new method should get a row (and tasks) here."""
     from clipkit.api import methods
 
-    covered = {r.method for r in ROWS.values()}
+    covered = {r.method for r in ROWS.values()} | {r.then for r in ROWS.values() if r.then}
     return sorted(m for m in methods() if m not in covered)
 
 
