@@ -19,6 +19,7 @@ import os
 import re
 import types
 import typing
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -302,16 +303,21 @@ def preset_dirs() -> list[Path]:
     return [*shipped_preset_dirs(), user_preset_dir()]
 
 
-def presets_by_method() -> dict[str, list[Preset]]:
-    """``list_presets(method)`` for every method at once, each preset file read once (the app lists every tab's)."""
-    found: dict[str, dict[str, Preset]] = {}
+def _readable_presets() -> Iterator[Preset]:
+    """Every valid preset file, shipped folders first, then the user's; invalid files are skipped."""
     for d in preset_dirs():
         for path in sorted(d.glob("*.json")) if d.is_dir() else []:
             try:
-                p = read_preset_file(path)
+                yield read_preset_file(path)
             except ParameterError:
                 continue
-            found.setdefault(p.method, {}).setdefault(p.name, p)
+
+
+def presets_by_method() -> dict[str, list[Preset]]:
+    """``list_presets(method)`` for every method at once, each preset file read once (the app lists every tab's)."""
+    found: dict[str, dict[str, Preset]] = {}
+    for p in _readable_presets():
+        found.setdefault(p.method, {}).setdefault(p.name, p)
     return {method: sorted(named.values(), key=lambda p: p.name) for method, named in found.items()}
 
 
@@ -320,13 +326,8 @@ def list_presets(method: str | None = None) -> list[Preset]:
     if method is not None:
         return presets_by_method().get(method, [])
     out: dict[str, Preset] = {}
-    for d in preset_dirs():
-        for path in sorted(d.glob("*.json")) if d.is_dir() else []:
-            try:
-                p = read_preset_file(path)
-            except ParameterError:
-                continue
-            out.setdefault(p.name, p)
+    for p in _readable_presets():
+        out.setdefault(p.name, p)
     return sorted(out.values(), key=lambda p: p.name)
 
 

@@ -32,13 +32,8 @@ _LOADED = False
 def register_shipped(kind: str, folder: str | os.PathLike, pattern: str = "*") -> None:
     """Declare ``folder`` as holding shipped models of ``kind`` (idempotent); ``pattern`` (a glob on the entry's
     name) picks them out where one folder holds models of several kinds."""
-    if kind not in KINDS:
-        raise ValueError(f"unknown weights kind {kind!r}; one of {KINDS}")
-    path = Path(folder).resolve()
+    path = _add_folder(_SHIPPED, kind, folder)
     with _LOCK:
-        dirs = _SHIPPED.setdefault(kind, [])
-        if path not in dirs:
-            dirs.append(path)
         _PATTERNS[(kind, path)] = pattern
 
 
@@ -46,13 +41,19 @@ def register_configs(kind: str, folder: str | os.PathLike) -> None:
     """Declare ``folder`` as holding model configs of ``kind`` (idempotent); for "clip" these are open_clip JSON
     configs, which ``guidance.clip`` adds to open_clip when it first imports it (a provider need not import
     open_clip, which the app's first page does not need)."""
+    _add_folder(_CONFIGS, kind, folder)
+
+
+def _add_folder(registry: dict[str, list[Path]], kind: str, folder: str | os.PathLike) -> Path:
+    """Add ``folder`` to ``registry[kind]`` once (a known kind only); returns it resolved."""
     if kind not in KINDS:
         raise ValueError(f"unknown weights kind {kind!r}; one of {KINDS}")
     path = Path(folder).resolve()
     with _LOCK:
-        dirs = _CONFIGS.setdefault(kind, [])
+        dirs = registry.setdefault(kind, [])
         if path not in dirs:
             dirs.append(path)
+    return path
 
 
 def config_dirs(kind: str) -> list[Path]:
