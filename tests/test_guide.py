@@ -181,3 +181,52 @@ def test_feathered_edit_changes_nothing_outside_and_fades_at_the_edge():
     assert torch.equal(out[..., mask == 0], picture[..., mask == 0])
     change = (out - picture).abs().amax(1)[0]
     assert float(change[16, 16]) > float(change[8, 16]) >= 0  # full inside, faded at the stroke's edge
+
+
+def _per_op_views(cut: Cutouts, images: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+    """Cutouts as they were built before the fused path: roi_align crops, kornia's flips and warps, noise."""
+    from clipkit.guidance.augment import crop_boxes, jitter
+
+    crops = crop_boxes(images, cut.boxes(images.shape[-2], images.shape[-1], generator), size)
+    crops = jitter(crops, generator) if cut.jitter else crops
+    if cut.noise > 0:
+        sigma = torch.rand(crops.shape[0], 1, 1, 1, generator=generator) * cut.noise
+        crops = crops + sigma * torch.randn(crops.shape, generator=generator)
+    return crops.clamp(0, 1)
+
+
+@pytest.mark.parametrize("kwargs, side, size", [
+    ({"min_frac": 1.0, "noise": 0.0}, 64, 64),  # whole images at the output size: one sample, no crop
+    ({"min_frac": 1.0, "noise": 0.0}, 32, 64),  # whole images, upsampled
+    ({"min_frac": 0.25, "noise": 0.0}, 64, 64),  # crops, then jitter
+    ({"min_frac": 0.25, "noise": 0.0, "jitter": False}, 64, 64),
+    ({"min_frac": 0.5, "noise": 0.3}, 128, 32),  # downsampling crops keep roi_align's area average
+])
+def test_fused_views_equal_the_per_operation_views_and_their_gradients(kwargs, side, size):
+    """The batched grid_sample views draw what roi_align + kornia's jitter drew, in the same order, and sample
+    the same points: the same views and the same gradient to the image, to float rounding."""
+    cut = Cutouts(12, **kwargs)
+    images = rand_images(1, b=3, size=side)
+    weights = torch.rand(36, 3, size, size, generator=torch.Generator().manual_seed(2))
+    out = []
+    for build in (_per_op_views, lambda c, x, s, g: c(x, s, g)):
+        x = images.clone().requires_grad_(True)
+        views = build(cut, x, size, torch.Generator().manual_seed(5))
+        (grad,) = torch.autograd.grad((views * weights).sum(), x)
+        out.append((views.detach(), grad))
+    (a, ga), (b, gb) = out
+    assert a.shape == b.shape == (36, 3, size, size)
+    assert (a - b).abs().max() < 1e-4
+    if kwargs["noise"] == 0:  # with noise, a view pixel at 0 or 1 may clamp on one side of the rounding only
+        assert (ga - gb).abs().max() < 1e-4 * ga.abs().max()
+
+
+def test_guide_gradient_is_the_loss_gradient_backpropagated_at_scale(clip):
+    """GuideOutput.grad backpropagates the loss times 2**40 (out of subnormal floats) and unscales exactly."""
+    guide = Guide(clip, [PromptTerm(prompts="a red circle", view=Cutouts(4))],
+                  generator=torch.Generator().manual_seed(0))
+    x = rand_images(3).requires_grad_(True)
+    out = guide(x)
+    (plain,) = torch.autograd.grad(out.loss * 2, x, retain_graph=True)
+    (scaled,) = out.grad(x, scale=2)
+    assert torch.allclose(scaled, plain, rtol=1e-5, atol=1e-12) and plain.abs().max() > 0

@@ -2,10 +2,16 @@
 
 One gradient from one view of an image is easy to fool (adversarial noise); averaging over many random
 crops at several scales (VQGAN+CLIP, CLIP-guided diffusion) or perspective-warped patches (CLIPstyler)
-makes the gradient follow what the image shows. Crops use torchvision's `roi_align` with adaptive
-sampling, which area-averages (antialiases) and batches every crop of every image in one call; the
-jitter after it uses kornia's warps. Every random choice comes from the caller's `torch.Generator` (never torch's
-global RNG), so concurrent runs in one process each reproduce alone.
+makes the gradient follow what the image shows. Every random choice comes from the caller's `torch.Generator`
+(never torch's global RNG), so concurrent runs in one process each reproduce alone.
+
+Cutouts build their views with batched ``grid_sample`` calls whose backward is cheap: one for the crops (skipped
+when a crop is the whole image at the output size), one for each view's flip and affine jitter together. They
+draw the same random numbers in the same order as the per-operation path (torchvision's ``roi_align`` crops, then
+kornia's flips and warps on the drawn subsets) and sample the same points with the same bilinear weights, so the
+views are the same to float rounding (``tests/test_guide.py``) at a fraction of the cost: roi_align's backward
+alone took 2-4x the whole fused view. Crops larger than the output (downsampling: roi_align area-averages them)
+keep roi_align for the crop.
 Views are the same for every image in a batch, so paired images (an edit and its source) see the same crops.
 kornia and torchvision.ops (which pulls in torch._dynamo, ~1.5 s) are imported where first used, not with this
 module: the app's first page needs neither.
@@ -16,8 +22,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from clipkit.guidance.errors import ParameterError
+
+
+def _layout(x: torch.Tensor) -> torch.memory_format:
+    """The memory format `x` is in (channels-last or contiguous), for operands made to match it."""
+    return torch.channels_last if x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(
+        memory_format=torch.channels_last) else torch.contiguous_format
 
 
 def _where_drawn(images: torch.Tensor, p: float, generator: torch.Generator | None, op) -> torch.Tensor:
@@ -71,6 +84,61 @@ def crop_boxes(images: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Te
     idx = torch.arange(b, device=images.device, dtype=boxes.dtype).repeat_interleave(n)
     rois = torch.cat([idx[:, None], boxes.to(images.device).repeat(b, 1)], dim=1)
     return roi_align(images, rois.to(images.dtype), output_size=size, sampling_ratio=0, aligned=True)
+
+
+def _normalised(xy: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Pixel coordinates (..., 2: x, y; pixel centres at integers) -> grid_sample's [-1, 1] (align_corners=True)."""
+    return xy * torch.tensor([2 / max(width - 1, 1), 2 / max(height - 1, 1)], dtype=xy.dtype) - 1
+
+
+def _sample_stacked(images: torch.Tensor, grid: torch.Tensor, size: int) -> torch.Tensor:
+    """Bilinear samples of each image (B, C, H, W) at its `grid` (B, n, size, size, 2: pixel x, y), border
+    padding -> (B*n, C, size, size) image-major. The n views of an image are one tall grid, so one grid_sample
+    call reads each image once (no copies of the input); the one copy that orders the views image-major makes
+    them channels-last, the layout convolutional CLIPs run fastest in on a CPU."""
+    b, n = grid.shape[:2]
+    c = images.shape[1]
+    flat = _normalised(grid, images.shape[-2], images.shape[-1]).to(images).reshape(b, n * size, size, 2)
+    out = F.grid_sample(images, flat, mode="bilinear", padding_mode="border", align_corners=True)
+    out = out.view(b, c, n, size, size).permute(0, 2, 3, 4, 1).reshape(b * n, size, size, c)
+    return out.permute(0, 3, 1, 2)
+
+
+def crop_grid(boxes: torch.Tensor, size: int) -> torch.Tensor:
+    """(n, size, size, 2) pixel positions of `size`-pixel crops of `boxes` (x0, y0, x1, y1): roi_align's
+    (aligned=True) sample points when a box is no larger than `size`, where it takes one sample per output pixel."""
+    steps = (torch.arange(size, dtype=boxes.dtype) + 0.5) / size
+    xs = boxes[:, 0:1] - 0.5 + steps * (boxes[:, 2:3] - boxes[:, 0:1])
+    ys = boxes[:, 1:2] - 0.5 + steps * (boxes[:, 3:4] - boxes[:, 1:2])
+    n = boxes.shape[0]
+    return torch.stack([xs[:, None, :].expand(n, size, size), ys[:, :, None].expand(n, size, size)], dim=-1)
+
+
+def jitter_grid(n: int, size: int, generator: torch.Generator | None, degrees: float = 10.0,
+                translate: float = 0.05) -> torch.Tensor:
+    """(n, size, size, 2) pixel positions where `jitter` reads each of n square views, drawing from `generator`
+    exactly what `jitter` draws, in its order: flips (p 0.5), then which views move (p 0.5), their angles and
+    shifts. Each output pixel reads the view at the inverse of kornia's rotation matrix about the centre (plus
+    the shift), mirrored when flipped (the flip comes first)."""
+    flipped = torch.rand(n, generator=generator) < 0.5
+    moved = (torch.rand(n, generator=generator) < 0.5).nonzero().flatten()
+    angle, shift = torch.zeros(n), torch.zeros(n, 2)
+    if moved.numel():
+        k = moved.numel()
+        angle[moved] = (torch.rand(k, generator=generator) * 2 - 1) * degrees
+        shift[moved] = (torch.rand(k, 2, generator=generator) * 2 - 1) * translate * size
+    rad = torch.deg2rad(angle)
+    cos, sin = rad.cos(), rad.sin()
+    centre = (size - 1) / 2
+    # kornia / OpenCV: dst = [[cos, sin], [-sin, cos]] (src - centre) + centre + shift; invert for the source
+    pix = torch.arange(size, dtype=torch.float32)
+    dx = (pix[None, None, :] - centre - shift[:, 0, None, None]).expand(n, size, size)
+    dy = (pix[None, :, None] - centre - shift[:, 1, None, None]).expand(n, size, size)
+    c, s = cos[:, None, None], sin[:, None, None]
+    sx = c * dx - s * dy + centre
+    sy = s * dx + c * dy + centre
+    sx = torch.where(flipped[:, None, None], (size - 1) - sx, sx)
+    return torch.stack([sx, sy], dim=-1)
 
 
 def turn(images: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
@@ -127,15 +195,30 @@ class Cutouts:
 
     def __call__(self, images: torch.Tensor, size: int, generator: torch.Generator | None = None, region=None):
         size = self.size or size
-        boxes = self.boxes(images.shape[-2], images.shape[-1], generator, region)
-        crops = crop_boxes(images, boxes, size)
+        h, w = images.shape[-2:]
+        boxes = self.boxes(h, w, generator, region)
+        b, n = images.shape[0], boxes.shape[0]
+        whole = h == w == size and bool((boxes == torch.tensor([0.0, 0.0, w, h])).all())
+        if whole:  # each crop is the image itself: sample the images, not copies of them
+            crops = images
+        elif bool((boxes[:, 2:] - boxes[:, :2] <= size).all()):  # roi_align's one sample a pixel, batched
+            crops = _sample_stacked(images, crop_grid(boxes, size)[None].expand(b, -1, -1, -1, -1), size)
+        else:  # downsampling crops: roi_align's area average
+            crops = crop_boxes(images, boxes, size)
         if self.jitter:
-            crops = jitter(crops, generator)
+            grid = jitter_grid(b * n, size, generator)
+            if whole:
+                crops = _sample_stacked(images, grid.view(b, n, size, size, 2), size)
+            else:
+                crops = _sample_stacked(crops, grid[:, None], size)
+        elif whole:
+            crops = images.repeat_interleave(n, dim=0)
         if self.rotate > 0:
             crops = turn(crops, (torch.rand(crops.shape[0], generator=generator) * 2 - 1) * self.rotate)
         if self.noise > 0:
             sigma = torch.rand(crops.shape[0], 1, 1, 1, generator=generator) * self.noise
-            crops = crops + sigma.to(crops) * torch.randn(crops.shape, generator=generator).to(crops)
+            noise = torch.randn(crops.shape, generator=generator).mul_(sigma)
+            crops = crops + noise.to(crops.device).contiguous(memory_format=_layout(crops))
         return crops.clamp(0, 1)
 
 

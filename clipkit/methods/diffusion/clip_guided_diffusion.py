@@ -147,6 +147,9 @@ def clip_guided_diffusion(
     conditioned = ldm.denoiser.conditioned and s.cfg_scale > 0
     cond = text_condition(ldm, s.prompt, clip or given).expand(s.batch, -1) if conditioned else None
 
+    keep = torch.arange(2 * s.batch, device=device) >= s.batch  # the text half of a batched cfg call
+    cond2 = torch.cat([cond, cond]) if cond is not None else None
+
     def predict(xi: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The noise the denoiser sees in xi: with text, eps(null) + cfg_scale (eps(text) - eps(null)), both
         halves in one batched call."""
@@ -154,8 +157,7 @@ def clip_guided_diffusion(
             return ldm.denoiser(xi, t)
         if s.cfg_scale == 1:
             return ldm.denoiser(xi, t, cond)
-        keep = torch.arange(2 * s.batch, device=device) >= s.batch
-        plain, texted = ldm.denoiser(torch.cat([xi, xi]), t, torch.cat([cond, cond]), keep).chunk(2)
+        plain, texted = ldm.denoiser(torch.cat([xi, xi]), t, cond2, keep).chunk(2)
         return plain + s.cfg_scale * (texted - plain)
 
     def denoise(i: int) -> dict[str, float]:
@@ -175,7 +177,7 @@ def clip_guided_diffusion(
                     if s.guidance == "x0":
                         x0 = x0.detach().requires_grad_(True)
                     out = guide(ldm.decode(x0, size=clip_px).to(clip.device))
-                    (grad,) = torch.autograd.grad(out.loss * s.batch, x0 if s.guidance == "x0" else xi)
+                    (grad,) = out.grad(x0 if s.guidance == "x0" else xi, scale=s.batch)
                     grad = _unit_rms(grad)
                     if s.guidance == "x0":
                         x0 = x0.detach() - s.guidance_scale * grad

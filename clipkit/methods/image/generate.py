@@ -91,7 +91,7 @@ def generate(
     def step(_: int) -> dict[str, float]:
         opt.zero_grad(set_to_none=True)
         out = guide(image())
-        out.loss.backward()
+        out.backward(list(image.parameters()))
         opt.step()
         return out.values
 
