@@ -134,8 +134,9 @@ def test_progress_reports_every_step_and_cancel_keeps_a_clean_partial(tiny_ldm):
 
     r = clip_guided_diffusion(clip=api.tiny_model(), latent_model=tiny_ldm, callback=on_step, cancel=token,
                               progress=False, batch=1, **{**FAST, "steps": 6})
-    assert r.cancelled and len(r.history) == 2 and [s[:2] for s in seen] == [(1, 6), (2, 6)]
-    assert seen[0][2]  # the first step sends a preview
+    # step 0: the picture before the first guided step (the start's text-conditioned prediction), then each step
+    assert r.cancelled and len(r.history) == 2 and [s[:2] for s in seen] == [(0, 6), (1, 6), (2, 6)]
+    assert seen[0][2] and seen[1][2]  # the start and the first step send previews
     assert r.images.shape == (1, 3, 32, 32) and torch.isfinite(r.images).all()
 
 

@@ -35,7 +35,15 @@ from clipkit.guidance.clip import DEFAULT_MODEL, ClipModel, get_clip
 from clipkit.guidance.errors import ParameterError
 from clipkit.guidance.guide import Guide, PromptTerm
 from clipkit.guidance.prompts import TEMPLATE_SETS, parse_prompts
-from clipkit.guidance.runs import CancelToken, RunResult, StepCallback, resolve_settings, run_steps, timed
+from clipkit.guidance.runs import (
+    CancelToken,
+    RunResult,
+    StepCallback,
+    StepInfo,
+    resolve_settings,
+    run_steps,
+    timed,
+)
 from clipkit.methods.diffusion.latent_model import DEFAULT_LATENT_MODEL, LatentModel, get_latent_model
 
 GUIDANCE_FORMS = ("eps", "x0")
@@ -160,6 +168,14 @@ def clip_guided_diffusion(
         plain, texted = ldm.denoiser(torch.cat([xi, xi]), t, cond2, keep).chunk(2)
         return plain + s.cfg_scale * (texted - plain)
 
+    def first_look(x0: torch.Tensor, t: torch.Tensor) -> None:
+        """A picture before the first guided step: the denoiser's (text-conditioned) prediction of the clean image
+        from the starting noise, decoded once. The callback sees it as step 0, within a decode of the start instead
+        of a whole guided step later."""
+        with torch.no_grad():
+            picture = ldm.decode(x0.detach(), size=s.size).cpu()
+        callback(StepInfo(0, s.steps, {"t": float(t)}, picture))
+
     def denoise(i: int) -> dict[str, float]:
         """One DDIM step at times[i], with `recurrence` guided passes."""
         nonlocal x, x0_pred
@@ -173,6 +189,8 @@ def clip_guided_diffusion(
                 xi = x.detach().requires_grad_(guided and s.guidance == "eps")
                 eps = predict(xi, t.to(device))
                 x0 = (xi - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+                if i == 0 and r == 0 and guide is not None and callback is not None:
+                    first_look(x0, t)
                 if guide is not None:
                     if s.guidance == "x0":
                         x0 = x0.detach().requires_grad_(True)
