@@ -66,6 +66,9 @@ class ArtifactInput:
     label: str
     kind: str
     required: bool = False
+    # False: no file box in the app. Results never carry it on disk (too big to save beside every result); the
+    # method hands it back in memory (``RunResult.extras``), for a live slider to pass back in (``live_reuse``).
+    upload: bool = True
 
 
 # Every runner is called with keywords only: runner(settings=, clip=, callback=, cancel=, progress=, **images),
@@ -97,7 +100,8 @@ class Method:
     # mean other things there).
     borrows: dict[str, tuple[str, ...]] = field(default_factory=dict)
     # Settings that re-render the tab's last result as the slider moves, without Run (cheap apply-steps: an
-    # edit's strength); ``live_reuse`` names the last result's artifacts passed back in so nothing is re-learnt.
+    # edit's strength); ``live_reuse`` names the last result's artifacts (saved beside it, or handed back in memory
+    # in its run's extras) passed back in, so nothing is re-learnt or recomputed.
     live: tuple[str, ...] = ()
     live_reuse: tuple[str, ...] = ()
 

@@ -474,34 +474,37 @@ class ClipKitApp:
 
     # ---- before / after and live sliders
     def before_after(self, m: Method, settings: Any, inputs: dict[str, Any], result: api.Result,
-                     path: str) -> tuple[Image.Image, Image.Image]:
+                     path: str, kept: dict[str, Any] | None = None) -> tuple[Image.Image, Image.Image]:
         """The comparison a finished run shows: the input picture against the first result (image-to-image
-        methods), or for live edits the unedited start against the edit (every image)."""
+        methods), or for live edits the unedited start against the edit (every image), drawn from what the
+        run handed back (``kept``: ``LiveRenderer.keep``) where the method reuses something."""
         if m.live:
             settings = self.trusted_settings(m, settings)
-            before = self.live.before(m, settings, inputs, path)
+            before = self.live.before(m, settings, inputs, path, kept)
             return batch_sheet(before), batch_sheet(result.tensors)
         after = result.images[0]
         picture = inputs[m.image_inputs[0].name]
         return picture.convert("RGB").resize(after.size, Image.Resampling.LANCZOS), after
 
-    def live_update(self, m: Method, settings: Any, given: dict[str, str],
-                    last: Entry | None) -> tuple[Any, str]:
+    def live_update(self, m: Method, settings: Any, given: dict[str, str], last: Entry | None,
+                    kept: dict[str, Any] | None = None) -> tuple[Any, str]:
         """A live slider moved: redraw the tab's last result at the new strength (``LiveRenderer``), provided
-        nothing else changed since that run (else the picture would not be the result's)."""
+        nothing else changed since that run (else the picture would not be the result's). ``kept``: the session's
+        ``{"path", "artifacts"}`` of its last run (``LiveRenderer.keep``), used when it is ``last``'s."""
         if last is None:
             return gr.update(), "Run once first: then this slider redraws the result as it moves."
         recorded = last.record.get("settings", {})
+        settings = self.trusted_settings(m, settings)  # as the run recorded them (a weights file by its full path)
         now = settings_dict(settings)
         changed = [self._label(m, n) for n in m.field_names()
                    if n not in m.live and n in recorded and _plain(recorded[n]) != _plain(now[n])]
         if changed:
             return gr.update(), (f"Changed since the last run: {', '.join(changed)}. Press **Run**; the slider "
                                  "then redraws that result live.")
-        settings = self.trusted_settings(m, settings)
+        reuse = kept["artifacts"] if kept and kept.get("path") == last.path else None
         t0 = time.perf_counter()
-        after = self.live.render(m, settings, given, last.path).tensors
-        before = self.live.before(m, settings, given, last.path)
+        after = self.live.render(m, settings, given, last.path, reuse).tensors
+        before = self.live.before(m, settings, given, last.path, reuse)
         ms = (time.perf_counter() - t0) * 1000
         moved = ", ".join(f"{self._label(m, n)} {now[n]}" for n in m.live)
         return (batch_sheet(before), batch_sheet(after)), (f"Live: {moved} ({ms:.0f} ms). Press **Run** to keep "
@@ -631,6 +634,8 @@ class ClipKitApp:
                         elem_id=f"{m.name}-missing")
         defaults = settings_dict(m.defaults())
         history = gr.State([])
+        # what a live slider takes back from this session's last run (``LiveRenderer.keep``): per session, in memory
+        kept = gr.State(None) if m.live_reuse else None
         with gr.Row():
             with gr.Column(scale=1):
                 inputs: dict[str, gr.components.Component] = {}
@@ -648,7 +653,7 @@ class ClipKitApp:
                         inputs[inp.name].change(mask_painter_value, inputs[inp.name], painters[inp.name],
                                                 queue=False)
                 files: dict[str, gr.File] = {}
-                for art in m.artifact_inputs:
+                for art in (a for a in m.artifact_inputs if a.upload):
                     files[art.name] = gr.File(label=art.label + ("" if art.required else " (optional)"),
                                               file_types=[".safetensors"], type="filepath",
                                               elem_id=f"{m.name}-{art.name}")
@@ -815,8 +820,10 @@ class ClipKitApp:
                         entry, entries = new[0], [*new, *data[history]]
                         done = "Cancelled — partial result kept." if payload.record["cancelled"] else "Done."
                         t = sum(payload.record["timings"].values())
+                        reuse = {"path": entry.path, "artifacts": self.live.keep(m, payload)}
                         if compare is not None:
-                            yield {compare: self.before_after(m, settings, images, payload, entry.path)}
+                            yield {compare: self.before_after(m, settings, images, payload, entry.path,
+                                                              reuse["artifacts"])}
                         yield {
                             preview: batch_sheet(payload.tensors),
                             status: (f"**{done}** {entry.caption} · {t:.1f} s <details><summary>file</summary>"
@@ -825,6 +832,7 @@ class ClipKitApp:
                             record_json: entry.record,
                             download: entry.path,
                             history: entries,
+                            **({kept: reuse} if kept is not None else {}),
                         }
             except ClipKitError as e:
                 yield {status: told(str(e), duration=None)}
@@ -871,7 +879,7 @@ class ClipKitApp:
 
         run_btn.click(on_arm, None, [status, run_btn], queue=False).then(
             on_run, run_inputs, [preview, status, gallery, record_json, download, history,
-                                 *([compare] if compare is not None else [])],
+                                 *(c for c in (compare, kept) if c is not None)],
             concurrency_limit=self.concurrency, concurrency_id="clipkit-runs", api_name=f"run_{m.name}",
             show_progress="hidden").then(  # progress is the status line's: nothing drawn over the pictures
             lambda: gr.update(interactive=True), None, run_btn, queue=False)  # after success, error or cancel
@@ -888,13 +896,14 @@ class ClipKitApp:
                         if data[inputs[inp.name]] is None:
                             return gr.update(), told(f"upload an image first ({inp.label})")
                         given[inp.name] = api.to_rgb(data[inputs[inp.name]])
-                    return self.live_update(m, settings, given, entries[0] if entries else None)
+                    return self.live_update(m, settings, given, entries[0] if entries else None,
+                                            data[kept] if kept is not None else None)
                 except ClipKitError as e:
                     return gr.update(), told(str(e))
 
             for name in m.live:
-                controls[name].release(on_live, {*control_list, *files.values(), *inputs.values(), history},
-                                       [compare, status],
+                controls[name].release(on_live, {*control_list, *files.values(), *inputs.values(), history,
+                                                 *([kept] if kept is not None else [])}, [compare, status],
                                        queue=False, trigger_mode="always_last")
         def open_record(record: dict[str, Any]) -> list[Any]:  # the History tab opens a result here
             try:

@@ -6,6 +6,7 @@ statistics before/after). ``enhance`` is the method; ``enhance_image_tensor`` th
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -16,15 +17,17 @@ from PIL import Image, ImageOps
 from torch import Tensor
 
 from clipkit.guidance import images
+from clipkit.guidance.artifacts import Artifact
 from clipkit.guidance.clip import default_device
 from clipkit.guidance.errors import ParameterError
 from clipkit.guidance.runs import CancelToken, RunResult, StepCallback, StepInfo, resolve_settings
 
 from . import checkpoints
 from .metrics import dark_region_gain, image_stats
-from .network import EnhanceNet
+from .network import EnhanceNet, apply_illumination
 from .tiling import enhance_tensor
 
+ILLUMINATION_KIND = "map/illumination"  # an illumination map L (B, 1, H, W) and what made it
 AUTO_TILE = 1024  # core size used by tile="auto"
 AUTO_TILE_PIXELS = 2_000_000  # "auto" tiles images larger than this, bounding memory at ~2 GB
 
@@ -96,20 +99,27 @@ def _tile_for(tile: int | str | None, h: int, w: int) -> int | None:
     return tile
 
 
-def enhance_image_tensor(
+def enhance_with_light(
     x: Tensor,
     checkpoint: str | os.PathLike | EnhanceNet = "clip-lit",
     tile: int | str | None = "auto",
     strength: float = 1.0,
     device: str = "cpu",
-) -> tuple[Tensor, dict]:
-    """Tensor in, tensor out (B, 3, H, W) in [0, 1], with the record; the core of ``enhance``."""
+    light: Tensor | None = None,
+) -> tuple[Tensor, Tensor, dict]:
+    """(enhanced image, illumination map, record); the core of ``enhance``. Given ``light`` (this image's map from
+    an earlier call with the same network and tiles), the network does not run: only ``apply_illumination`` at
+    ``strength``, the last step of a fresh call, so any strength redraws in milliseconds with the same pixels."""
     x = as_tensor(x)
     net = get_network(checkpoint, device)
     x = x.to(device=device, dtype=torch.float32)
     t0 = time.perf_counter()
     tile_px = _tile_for(tile, *x.shape[-2:])
-    out, light = enhance_tensor(net, x, tile=tile_px, strength=strength)
+    if light is None:
+        out, light = enhance_tensor(net, x, tile=tile_px, strength=strength)
+    else:
+        light = light.to(device=x.device, dtype=x.dtype)
+        out = apply_illumination(x, light, strength)
     seconds = time.perf_counter() - t0
     mp = x.shape[0] * x.shape[-2] * x.shape[-1] / 1e6
     source = getattr(net, "source", None)
@@ -128,9 +138,34 @@ def enhance_image_tensor(
         "dark_region_gain": round(dark_region_gain(x, out), 5),
         "illumination_mean": round(light.mean().item(), 5),
     }
+    return out, light, record
+
+
+def enhance_image_tensor(
+    x: Tensor,
+    checkpoint: str | os.PathLike | EnhanceNet = "clip-lit",
+    tile: int | str | None = "auto",
+    strength: float = 1.0,
+    device: str = "cpu",
+) -> tuple[Tensor, dict]:
+    """Tensor in, tensor out (B, 3, H, W) in [0, 1], with the record."""
+    out, _, record = enhance_with_light(x, checkpoint, tile, strength, device)
     return out, record
 
 
+def picture_id(x: Tensor) -> str:
+    """What makes a picture the same picture for its illumination map: its shape and float pixels."""
+    t = x.detach().to("cpu", torch.float32).contiguous()
+    return f"{tuple(t.shape)}:" + hashlib.blake2b(t.numpy().tobytes(), digest_size=16).hexdigest()
+
+
+def reused_light(illumination: Artifact, x: Tensor) -> Tensor:
+    """The map of an earlier run, checked to be this picture's (else another picture's brightening would silently
+    come out): the cache behind the app's live strength slider."""
+    if illumination.meta.get("picture") != picture_id(x):
+        raise ParameterError("the illumination map given was computed for another picture: leave it out (in the "
+                             "app: press Run) to compute this picture's")
+    return illumination.tensors["light"]
 
 
 def enhance(
@@ -140,21 +175,31 @@ def enhance(
     callback: StepCallback | None = None,
     cancel: CancelToken | None = None,
     progress: bool = False,
+    illumination: Artifact | None = None,
     **overrides,
 ) -> RunResult:
     """Enhance back-lit image(s) at full size in one pass of the network (``clip`` is unused: the network was
-    trained with one; the argument keeps the one runner signature)."""
+    trained with one; the argument keeps the one runner signature).
+
+    The illumination map comes back in memory as ``extras["illumination"]`` (4 bytes a pixel: not saved beside
+    every photo); given back as ``illumination`` with the same picture, network and tiles, it replaces the
+    network's pass, so a new strength costs milliseconds and equals a fresh run (the app's live slider)."""
     s = resolve_settings(EnhanceSettings, settings, overrides)
     x = as_tensor(image)
     record = {"method": "enhance", **asdict(s)}
     if cancel is not None and cancel.cancelled:
         return RunResult(x, record, [], {}, cancelled=True)
+    light = reused_light(illumination, x) if illumination is not None else None
     t0 = time.perf_counter()
     try:
-        out, facts = enhance_image_tensor(x, s.checkpoint, tile=s.tile or "auto", strength=s.strength,
-                                          device=str(default_device()))
+        out, light, facts = enhance_with_light(x, s.checkpoint, tile=s.tile or "auto", strength=s.strength,
+                                               device=str(default_device()), light=light)
     except checkpoints.CheckpointError as e:
         raise ParameterError(str(e)) from e
+    made_by = {"weights_sha256": facts["weights_sha256"], "tile": facts["tile"]}
+    if illumination is not None and {k: illumination.meta.get(k) for k in made_by} != made_by:
+        raise ParameterError("the illumination map given was computed with other weights or tiles: leave it out "
+                             "(in the app: press Run) to compute it with these")
     seconds = time.perf_counter() - t0
     values = {"dark_region_gain": float(facts["dark_region_gain"]),
               "illumination_mean": float(facts["illumination_mean"])}
@@ -162,4 +207,6 @@ def enhance(
     if callback is not None:
         callback(StepInfo(1, 1, values, out))
     extras = {k: facts[k] for k in ("weights_sha256", "before", "after", "ms_per_megapixel") if k in facts}
+    extras["illumination_reused"] = illumination is not None
+    extras["illumination"] = Artifact(ILLUMINATION_KIND, {"light": light.cpu()}, {"picture": picture_id(x), **made_by})
     return RunResult(out, record, [values], {"enhance_s": seconds}, extras=extras)
