@@ -61,13 +61,15 @@ UPDATE_EVERY_S = 0.2  # at most this often a status update goes to the browser (
 MODIFIED = " · *(modified)*"  # after a loaded preset's line once a control changes
 NEEDS_WEIGHTS = " (needs weights)"  # after a preset's name in the list when its weights are missing here
 HISTORY_LIMIT = 300  # saved results the History tab lists (newest first)
-# On a phone the Run / Cancel row stays at the bottom of the screen while the controls scroll above it
+# On a phone the Run / Cancel row stays at the bottom of the screen while the controls scroll above it, and the
+# painter's toolbar (zoom, undo) moves below its label, which wraps to two lines there instead of running under it
 CSS = """
 @media (max-width: 700px) {
   .clipkit-run-row { position: fixed; left: 0; right: 0; bottom: 0; z-index: 50; margin: 0 !important;
                      padding: 8px 16px; background: var(--body-background-fill);
                      box-shadow: 0 -4px 8px rgba(0, 0, 0, 0.12); }
   body { padding-bottom: 72px; }
+  .clipkit-painter .image-container > .top-panel { top: 44px; }
 }
 """
 # Ctrl/Cmd+Enter runs the tab in view, Esc cancels its run (as in the tools artists know); small pictures are
@@ -606,7 +608,8 @@ class ClipKitApp:
             # where each method's tab sits: (outer tab id, inner Tabs of its family or None)
             places: dict[str, tuple[str, gr.Tabs | None]] = {}
             handles: dict[str, dict[str, Any]] = {}
-            with gr.Tabs() as outer:
+            # tabs that do not fit the width wrap onto another row (a phone shows every tab, none behind a "…" menu)
+            with gr.Tabs(overflow_behavior="wrap") as outer:
                 for family, members in families.items():
                     if len(members) == 1:
                         with gr.Tab(members[0].title, id=members[0].name, elem_id=f"tab-{members[0].name}"):
@@ -614,7 +617,7 @@ class ClipKitApp:
                         places[members[0].name] = (members[0].name, None)
                         continue
                     with gr.Tab(family, id=family, elem_id=f"family-{family.lower().replace(' ', '-')}"), \
-                            gr.Tabs() as inner:
+                            gr.Tabs(overflow_behavior="wrap") as inner:
                         for m in members:
                             with gr.Tab(m.title, id=m.name, elem_id=f"tab-{m.name}"):
                                 handles[m.name] = self._build_tab(m)
@@ -649,7 +652,7 @@ class ClipKitApp:
                             label="Region to change: paint over it (unpainted = the whole picture)", type="pil",
                             format="png", image_mode="RGBA", layers=False, sources=(), transforms=(),
                             brush=gr.Brush(colors=["rgba(255, 0, 255, 0.45)"], color_mode="fixed"),  # see under
-                            elem_id=f"{m.name}-{inp.name}-mask")
+                            elem_id=f"{m.name}-{inp.name}-mask", elem_classes=["clipkit-painter"])
                         inputs[inp.name].change(mask_painter_value, inputs[inp.name], painters[inp.name],
                                                 queue=False)
                 files: dict[str, gr.File] = {}
