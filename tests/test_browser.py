@@ -1,6 +1,7 @@
 """Drive the running app in headless Chromium: load a preset, run a short job on the tiny CLIP, see the result,
-download it with its settings, cancel a long run, save a preset. Screenshots go to the test's output folder
-(and outputs/browser-test/) for inspection.
+download it with its settings, reproduce a random seed, cancel a long run, send a result on, save a preset, get a
+toast for a wrong preset, move live sliders, find the history after a reload, and reach every tab on a phone.
+Screenshots go to the test's output folder (and outputs/browser-test/) for inspection.
 
 Needs Debian's chromium (/usr/bin/chromium) and the playwright package; skipped without them unless
 CLIPKIT_REQUIRE_BROWSER=1 (set by .ci/run), where their absence is a failure.
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = os.environ.get("CLIPKIT_CHROMIUM", "/usr/bin/chromium")
@@ -97,12 +99,25 @@ def test_app_in_headless_chromium(server):
     from clipkit.guidance.images import read_settings
 
     url, tmp_path = server
+    results = tmp_path / "results"
     with sync_playwright() as p:
         ctx = p.chromium.launch_persistent_context(tempfile.mkdtemp(dir=tmp_path), executable_path=CHROMIUM,
                                                    headless=True, args=ARGS, accept_downloads=True,
                                                    viewport={"width": 1300, "height": 1000})
         ctx.set_default_timeout(STEP_TIMEOUT_MS)
         page = ctx.new_page()
+
+        def run_tab(name: str) -> list[Path]:
+            """Press the tab's Run and wait for its result files (new PNGs); returns them, by name."""
+            before = set(results.glob(f"{name}-*.png"))
+            page.locator(f"#{name}-run").click()
+            for _ in range(STEP_TIMEOUT_MS // 250):
+                made_now = set(results.glob(f"{name}-*.png")) - before
+                if made_now:
+                    return sorted(made_now)
+                page.wait_for_timeout(250)
+            raise AssertionError(f"the {name} run wrote no result")
+
         try:
             page.goto(url)
             expect(page.locator("#test-mode-banner")).to_be_visible()
@@ -144,6 +159,22 @@ def test_app_in_headless_chromium(server):
             s = read_settings(saved)["settings"]
             assert (s["method"], s["steps"], s["prompt"]) == ("generate", 3, "a yellow star on a dark blue background")
 
+            # a random seed (-1): the seed drawn is recorded, and the result's settings rerun that very picture
+            seed = page.locator("#generate-seed input[type=number]")
+            seed.fill("-1")
+            seed.press("Enter")
+            (drawn_file,) = run_tab("generate")
+            drawn = read_settings(drawn_file)["settings"]["seed"]
+            assert drawn >= 0
+            expect(page.locator("#generate-status")).to_contain_text(f"seed {drawn}")
+            expect(page.locator("#generate-record")).to_contain_text(f'"seed": {drawn}')
+            page.locator("#generate-reuse").click()
+            expect(seed).to_have_value(str(drawn))
+            (again,) = run_tab("generate")
+            assert read_settings(again)["settings"]["seed"] == drawn
+            with Image.open(drawn_file) as a, Image.open(again) as b:
+                assert np.array_equal(np.asarray(a), np.asarray(b)), "the recorded seed did not reproduce the picture"
+            expect(page.locator("#generate-status")).to_contain_text("Done.")
 
             # cancel a long run: the partial result is kept and says so
             steps.fill("1000")  # long enough that Cancel lands mid-run on a loaded machine
@@ -190,6 +221,7 @@ def test_app_in_headless_chromium(server):
                 page.locator("#generate-preset-upload").click()
             chooser.value.set_files(str(other))
             expect(page.locator("#generate-preset-info")).to_contain_text("is a preset for method 'edit'")
+            expect(page.get_by_test_id("toast-body").filter(has_text="is a preset for method 'edit'")).to_be_visible()
             expect(page.locator("#generate-steps input[type=number]")).to_have_value("1000")
             expect(page.locator("#tab-generate .error")).to_have_count(0)
 
@@ -207,8 +239,6 @@ def test_app_in_headless_chromium(server):
             page.locator("#stylize-run").click()
             expect(page.get_by_text("upload an image first").first).to_be_visible()
             tiny_photo = tmp_path / "tiny.png"
-            from PIL import Image
-
             Image.new("RGB", (64, 48), (120, 80, 60)).save(tiny_photo)
             page.locator("#stylize-image input[type=file]").set_input_files(str(tiny_photo))
             expect(page.locator("#stylize-image img")).to_be_visible()
@@ -216,6 +246,14 @@ def test_app_in_headless_chromium(server):
             expect(page.locator("#stylize-status")).to_contain_text("Done.")
             expect(page.locator("#stylize-gallery img").first).to_be_visible()
             expect(page.locator("#stylize-compare img")).to_have_count(2)  # before / after at one size
+            # a live slider: the strength redraws the result without Run
+            after = page.locator("#stylize-compare img").nth(1)
+            shown = after.get_attribute("src")
+            strength = page.locator("#stylize-strength input[type=number]")
+            strength.fill("0.5")
+            strength.press("Tab")  # the slider's release
+            expect(page.locator("#stylize-status")).to_contain_text("Live: Strength 0.5")
+            expect(after).not_to_have_attribute("src", shown)
             checkpoint = page.locator("#stylize-checkpoint textarea, #stylize-checkpoint input").first
             checkpoint.fill(str(tmp_path / "no-such-stylizer.safetensors"))
             page.locator("#stylize-run").click()
@@ -238,18 +276,9 @@ def test_app_in_headless_chromium(server):
             page.locator("#edit-prompt textarea").fill("a blue square")
             page.locator("#edit-steps input[type=number]").fill("2")
             page.locator("#edit-steps input[type=number]").press("Enter")
-            results = tmp_path / "results"
 
             def run_edit() -> Path:
-                """Press Run and wait for its result file; returns it."""
-                before = set(results.glob("edit-*.png"))
-                page.locator("#edit-run").click()
-                for _ in range(STEP_TIMEOUT_MS // 250):
-                    made_now = set(results.glob("edit-*.png")) - before
-                    if made_now:
-                        return made_now.pop()
-                    page.wait_for_timeout(250)
-                raise AssertionError("the edit run wrote no result")
+                return run_tab("edit")[0]
 
             assert api.recorded_mask(run_edit()) is None  # nothing painted: the whole picture is edited
             # paint by hand: the run's mask is the stroke, not the picture
@@ -311,6 +340,15 @@ def test_app_in_headless_chromium(server):
                 page.locator("#enhance-run").click()
                 expect(page.locator("#enhance-status")).to_contain_text("Done.")
                 expect(page.locator("#enhance-record")).to_contain_text('"strength": 0.6')
+                expect(page.locator("#enhance-compare img")).to_have_count(2)  # the photo against its result
+                # the strength redraws live from the run's illumination map (no second pass of the network)
+                after = page.locator("#enhance-compare img").nth(1)
+                shown = after.get_attribute("src")
+                strength = page.locator("#enhance-strength input[type=number]")
+                strength.fill("1.2")
+                strength.press("Tab")
+                expect(page.locator("#enhance-status")).to_contain_text("Live: Strength 1.2")
+                expect(after).not_to_have_attribute("src", shown)
                 _shot(page, tmp_path, "app-enhance.png")
 
             # history survives a reload: the saved results are listed and one opens in its own tab
@@ -322,6 +360,22 @@ def test_app_in_headless_chromium(server):
             page.locator("#history-open").click()
             expect(page.locator("#edit-preset-info, #enhance-preset-info").filter(
                 has_text="from-history").first).to_be_visible()
+
+            # on a phone every main tab is in view (none behind a "..." menu), and the painter's toolbar does not
+            # cover its label
+            page.set_viewport_size({"width": 390, "height": 844})
+            for name in ["Generate", "Edit", "StyleGAN", "Style transfer", "Backlit enhancement", "History"]:
+                tab = page.get_by_role("tab", name=name, exact=True)
+                expect(tab).to_be_visible()
+                box = tab.bounding_box()
+                assert box["x"] >= 0 and box["x"] + box["width"] <= 390, (name, box)
+            page.get_by_role("tab", name="Edit", exact=True).click()
+            painter = page.locator("#edit-image-mask")
+            painter.scroll_into_view_if_needed()
+            label = painter.locator("label").first.bounding_box()
+            bar = painter.locator(".top-panel").first.bounding_box()
+            assert bar["y"] >= label["y"] + label["height"] or bar["x"] >= label["x"] + label["width"], (label, bar)
+            _shot(page, tmp_path, "app-phone.png")
         except Exception:
             print((tmp_path / "server.log").read_text()[-3000:])
             try:  # a page too busy to draw must not hide the failure itself

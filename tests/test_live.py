@@ -111,3 +111,24 @@ def test_the_enhance_tab_shows_no_file_box_for_the_map(tmp_path):
     ids = {getattr(b, "elem_id", None) for b in demo.blocks.values()}
     assert "enhance-strength" in ids and "enhance-illumination" not in ids
     assert "stylemc-direction" in ids  # a saved artifact keeps its upload box
+
+
+def test_a_random_seed_is_one_the_page_keeps_exactly_and_a_live_slider_takes_the_drawn_one(tmp_path):
+    """-1 draws a seed below 2**52 (the page's numbers are doubles: a 63-bit seed would come back as another one),
+    and with -1 still in the box a live slider redraws the last run, whose seed it recorded."""
+    from clipkit.ui.app import BROWSER_SEEDS, draw_seed
+
+    m = get_method("stylize")
+    s = values_to_settings(m, {**api.settings_dict(m.defaults()), "size": 48, "seed": -1})
+    drawn = [draw_seed(s).seed for _ in range(200)]
+    assert all(0 <= d < BROWSER_SEEDS == 2**52 for d in drawn) and len(set(drawn)) > 190
+    assert float(drawn[0]) == drawn[0] and draw_seed(dataclasses.replace(s, seed=5)).seed == 5
+    app = ClipKitApp(test_models=True, output_dir=tmp_path)
+    photo = Image.new("RGB", (48, 40), (90, 140, 200))
+    ran = draw_seed(s)
+    (entry,) = app.save_results(m, list(app.run_stream(m, ran, {"image": photo}))[-1][1])
+    assert entry.record["settings"]["seed"] == ran.seed
+    _, status = app.live_update(m, dataclasses.replace(s, strength=0.5), {"image": photo}, entry)
+    assert status.startswith("Live")
+    _, status = app.live_update(m, dataclasses.replace(s, strength=0.5, seed=ran.seed + 1), {"image": photo}, entry)
+    assert "Changed since the last run: Seed" in status

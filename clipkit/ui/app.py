@@ -37,6 +37,7 @@ from clipkit.guidance import weights
 from clipkit.guidance.artifacts import kind_fits
 from clipkit.guidance.errors import ClipKitError, ParameterError
 from clipkit.guidance.images import read_settings, tensor_to_pil
+from clipkit.guidance.runs import RANDOM_SEED
 from clipkit.guidance.threads import set_threads
 from clipkit.presets import (
     Preset,
@@ -61,6 +62,14 @@ UPDATE_EVERY_S = 0.2  # at most this often a status update goes to the browser (
 MODIFIED = " · *(modified)*"  # after a loaded preset's line once a control changes
 NEEDS_WEIGHTS = " (needs weights)"  # after a preset's name in the list when its weights are missing here
 HISTORY_LIMIT = 300  # saved results the History tab lists (newest first)
+# Events whose handler may tell the user something (``told``) go through the queue: Gradio delivers a toast only
+# there (a queue=False handler's gr.Warning is a server-side warning nobody sees). No concurrency limit, so they
+# never wait behind a run, and no spinner over their outputs (they take milliseconds).
+# A random seed (-1) is drawn by the app below this: the page's number boxes and JSON view are doubles, exact for
+# integers up to 2**53 only, so a seed drawn from the API's whole 63-bit range would come back from the page as
+# another seed and Load these settings would not reproduce the picture (a batch adds its image index).
+BROWSER_SEEDS = 1 << 52
+TELLS: dict[str, Any] = {"queue": True, "concurrency_limit": None, "show_progress": "hidden"}
 # On a phone the Run / Cancel row stays at the bottom of the screen while the controls scroll above it, and the
 # painter's toolbar (zoom, undo) moves below its label, which wraps to two lines there instead of running under it
 CSS = """
@@ -229,6 +238,13 @@ def batch_sheet(images: torch.Tensor) -> Image.Image:
         return tensor_to_pil(images)
     return tensor_to_pil(make_grid(images.float().cpu(), nrow=math.ceil(math.sqrt(images.shape[0])), padding=2,
                                    pad_value=1.0))
+
+
+def draw_seed(settings: Any) -> Any:
+    """``settings`` with a random seed (-1) drawn now, below ``BROWSER_SEEDS``; others unchanged."""
+    if getattr(settings, "seed", None) != RANDOM_SEED:
+        return settings
+    return dataclasses.replace(settings, seed=secrets.randbelow(BROWSER_SEEDS))
 
 
 def caption_for(record: dict[str, Any]) -> str:
@@ -497,6 +513,8 @@ class ClipKitApp:
             return gr.update(), "Run once first: then this slider redraws the result as it moves."
         recorded = last.record.get("settings", {})
         settings = self.trusted_settings(m, settings)  # as the run recorded them (a weights file by its full path)
+        if getattr(settings, "seed", None) == RANDOM_SEED and "seed" in recorded:  # -1: the seed that run drew
+            settings = dataclasses.replace(settings, seed=recorded["seed"])
         now = settings_dict(settings)
         changed = [self._label(m, n) for n in m.field_names()
                    if n not in m.live and n in recorded and _plain(recorded[n]) != _plain(now[n])]
@@ -583,7 +601,7 @@ class ClipKitApp:
                                              for i in inners], *values]
 
         history["open_btn"].click(open_entry, [history["record"], history["download"]], [outer, *inners, *loaded],
-                                  queue=False)
+                                  **TELLS)
 
     @staticmethod
     def _label(m: Method, name: str) -> str:
@@ -797,7 +815,7 @@ class ClipKitApp:
 
         def on_run(data: dict, request: gr.Request, progress=gr.Progress()) -> Iterator[dict]:  # noqa: B008 (Gradio injects it)
             try:
-                settings = values_to_settings(m, {n: data[c] for n, c in controls.items()})
+                settings = draw_seed(values_to_settings(m, {n: data[c] for n, c in controls.items()}))
                 images: dict[str, Any] = self.artifact_files(m, {n: data[f] for n, f in files.items()})
             except ClipKitError as e:
                 yield {status: told(str(e))}
@@ -858,9 +876,9 @@ class ClipKitApp:
             return gr.update()
 
         gr.on([c.input for c in control_list], on_modified, preset_info, preset_info, queue=False)
-        preset_dd.input(on_preset, preset_dd, loaded, queue=False)
-        loads = [upload.upload(on_upload, {upload, *with_picture}, loaded, queue=False),
-                 reuse_btn.click(on_reuse, {record_json, *with_picture}, loaded, queue=False)]
+        preset_dd.input(on_preset, preset_dd, loaded, **TELLS)
+        loads = [upload.upload(on_upload, {upload, *with_picture}, loaded, **TELLS),
+                 reuse_btn.click(on_reuse, {record_json, *with_picture}, loaded, **TELLS)]
         if editor is not None:
             # the clear must have drawn before the new value arrives, or it can wipe that value (one clean-clone CI
             # run showed no restored mask): wait two frames and a moment after the click
@@ -872,7 +890,7 @@ class ClipKitApp:
                 event.then(None, pending, pending, js=clear_js, queue=False).then(
                     lambda value: gr.update() if value is None else value, pending, editor, queue=False)
         save_btn.click(on_save, {save_name, save_desc, save_over, *control_list}, [preset_file, preset_dd, preset_info],
-                       queue=False)
+                       **TELLS)
         run_inputs = {*control_list, *inputs.values(), *painters.values(), *files.values(), history}
         def on_arm(request: gr.Request) -> tuple[str, Any]:
             return self.arm(self.key(request, m)), gr.update(interactive=False)  # one run per tab at a time
@@ -907,7 +925,7 @@ class ClipKitApp:
             for name in m.live:
                 controls[name].release(on_live, {*control_list, *files.values(), *inputs.values(), history,
                                                  *([kept] if kept is not None else [])}, [compare, status],
-                                       queue=False, trigger_mode="always_last")
+                                       trigger_mode="always_last", **TELLS)
         def open_record(record: dict[str, Any]) -> list[Any]:  # the History tab opens a result here
             try:
                 return apply(preset_from_record(record, name="from-history", source="the history entry"))
@@ -961,7 +979,7 @@ class ClipKitApp:
                         *[picture if n == target else gr.update() for n in pictures],
                         *[(found[art] if n == target and found[art] else gr.update()) for n, art, _ in files]]
 
-            h["send_btn"].click(send, [h["send_to"], h["download"]], outputs, queue=False)
+            h["send_btn"].click(send, [h["send_to"], h["download"]], outputs, **TELLS)
 
     def _preset_choices(self, m: Method, listed: dict[str, list[Preset]] | None = None) -> list[tuple[str, str]]:
         """The tab's presets as (label, name): a preset whose weights this machine lacks says so in its label
