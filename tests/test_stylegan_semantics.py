@@ -18,7 +18,7 @@ from clipkit.guidance.clip import load_clip
 from clipkit.methods.stylegan.editing import CACHE_ENV, LATENT_KIND
 
 SOURCE, TARGET = "a bright photo", "a dark photo"
-COUNT = 4
+COUNT = 8  # eight pictures: one picture's flip is noise across machines, a quarter of eight is not
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ def bright(judge) -> tuple[Artifact, torch.Tensor]:
 
 
 def assert_judged_dark_and_darker(judge, before: torch.Tensor, after: torch.Tensor, min_dark: int = 2,
-                                  min_rise: float = 0.0) -> None:
+                                  min_rise: float = 0.1) -> None:
     """At least ``min_dark`` of the pictures (all bright before: p < 0.2) are called dark (p > 0.5), the judge's
     mean p(dark) rises by ``min_rise``, and the pictures are darker."""
     p0, p1 = p_target(judge, before), p_target(judge, after)
@@ -85,12 +85,12 @@ def test_latent_optimisation_darkens_what_the_judge_calls_dark(judge, bright):
 
 def test_nada_adapts_the_generator_toward_dark_pictures(judge, bright):
     latent, start = bright
-    pairs = run("nada", source=SOURCE, target=TARGET, latent=latent, steps=60).tensors
+    pairs = run("nada", source=SOURCE, target=TARGET, latent=latent, steps=150).tensors
     original, twin = pairs[0::2], pairs[1::2]
     assert torch.equal(original, start)  # the frozen generator is untouched
-    # 60 steps adapt the whole generator a little: the judge moves toward dark on average (one picture in four
-    # turns fully on the world generator), and the pixels darken
-    assert_judged_dark_and_darker(judge, original, twin, min_dark=0, min_rise=0.1)
+    # 150 steps (the paper's few hundred, scaled down): at 60 the rise ranged -0.003..0.30 over training seeds, at 150
+    # 0.36..0.57 (four pictures); here 4 of 8 twins turn dark
+    assert_judged_dark_and_darker(judge, original, twin, min_rise=0.15)
 
 
 def test_mapper_moves_pictures_toward_dark(judge, bright):
