@@ -117,12 +117,25 @@ class Result:
         """Typed results the next method can take (``run(..., network=result)``)."""
         return self.run.artifacts
 
+    def _alone(self, index: int) -> dict[str, Any]:
+        """The record as image ``index`` alone: for a batch of per-image seeds (``Method.batch_setting``), its own
+        seed and a batch of one, so loading the saved picture's settings re-runs that picture only."""
+        settings = self.record.get("settings", {})
+        method = methods().get(settings.get("method", ""))
+        key = method.batch_setting if method is not None else None
+        n = len(self.images)
+        if key is None or n < 2 or settings.get(key) != n:
+            return self.record
+        seeds = settings.get("seeds") or [settings["seed"] + i for i in range(n)]
+        alone = {**settings, "seed": seeds[index], key: 1, "seeds": [seeds[index]], "picked": [index, n]}
+        return {**self.record, "settings": alone}
+
     def save(self, path: str | os.PathLike, index: int = 0, protect: tuple = ()) -> Path:
         """Atomic PNG with the record embedded, so the file loads back as a preset (``load_preset(path)``); each
         artifact goes beside it as ``<stem>.<name>.safetensors``, named in the record (``load_artifacts``). A
         batch's latents are cut to image ``index``'s own, so a picked picture goes on to the next method alone."""
         path = Path(path)
-        record = self.record
+        record = self._alone(index)
         if self.run.artifacts:
             record = {**record, "artifacts": {k: dict(v) for k, v in record.get("artifacts", {}).items()}}
             for name, artifact in self.run.artifacts.items():

@@ -104,6 +104,9 @@ class Method:
     # in its run's extras) passed back in, so nothing is re-learnt or recomputed.
     live: tuple[str, ...] = ()
     live_reuse: tuple[str, ...] = ()
+    # The setting that sizes a batch whose image i draws only from seed + i (``guidance.runs.image_generators``):
+    # a picked image is saved with that seed and this setting at 1, so its record re-runs it alone.
+    batch_setting: str | None = None
 
     @property
     def image_inputs(self) -> tuple[ImageInput, ...]:

@@ -111,6 +111,19 @@ def test_same_seed_same_images_and_the_record_reproduces_them(tiny_ldm):
     assert torch.equal(again.images, a.images)
 
 
+def test_each_image_of_a_batch_reruns_alone_from_its_saved_settings(tiny_folder, tmp_path):
+    """Image i of a batch draws only from seed + i (start noise, views, re-noising): saved alone, its PNG's
+    settings give it back as a batch of one, to float precision (batched convolutions round a little otherwise)."""
+    clip = api.tiny_model()
+    batch = api.run("diffusion", clip=clip, diffusion_model=str(tiny_folder), seed=7, batch=3, eta=0.5, **FAST)
+    assert batch.settings["seeds"] == [7, 8, 9]
+    path = batch.save(tmp_path / "second.png", index=1)
+    again = api.run(settings=path, clip=clip)
+    assert again.tensors.shape[0] == 1 and again.settings["seed"] == 8
+    torch.testing.assert_close(again.tensors[0], batch.tensors[1], atol=1e-4, rtol=0)
+    assert (again.tensors[0] - batch.tensors[0]).abs().max() > 1e-2  # not just any image of the batch
+
+
 def test_guidance_changes_the_sample_and_scale_zero_needs_no_clip(tiny_ldm):
     plain = clip_guided_diffusion(latent_model=tiny_ldm, guidance_scale=0.0, prompt="", seed=1, progress=False,
                                   **FAST)
@@ -175,9 +188,10 @@ def test_cli_writes_each_image_of_a_batch_with_its_settings(tmp_path, tiny_folde
                "--size", "32", "--seed", "5", "--diffusion-model", str(tiny_folder), "--model", "tiny-clip",
                "--clip-weights", "random", "--out", str(out)])
     assert rc == 0
-    for i in (1, 2):
+    for i in (1, 2):  # each image's own seed (5 + i - 1) and a batch of one: its settings re-run it alone
         s = read_settings(tmp_path / f"d-{i}.png")["settings"]
-        assert (s["method"], s["seed"], s["batch"], s["diffusion_model"]) == ("diffusion", 5, 2, str(tiny_folder))
+        assert (s["method"], s["seed"], s["batch"], s["diffusion_model"]) == ("diffusion", 4 + i, 1, str(tiny_folder))
+        assert s["picked"] == [i - 1, 2]
     rc = main(["run", "diffusion", "--recurrence", "0", "--diffusion-model", str(tiny_folder), "--out", str(out)])
     assert rc == 2 and "recurrence=0" in capsys.readouterr().err
 

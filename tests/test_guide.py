@@ -76,6 +76,23 @@ def test_same_seed_same_views_and_loss(clip):
     assert la != lc
 
 
+def test_one_generator_per_image_gives_each_image_its_views_alone(clip):
+    """With a generator per image, image i's views (and so its embeddings) are those it gets alone with its own
+    generator, whatever else is in the batch; a count that does not match the images is named."""
+    imgs = rand_images(8, b=3)
+    term = lambda: [PromptTerm(prompts="a red circle", view=Cutouts(4, noise=0.3))]  # noqa: E731
+    gens = lambda: [torch.Generator().manual_seed(s) for s in (5, 6, 7)]  # noqa: E731
+    together = Guide(clip, term(), generator=gens()).encode_views(imgs, None, None)
+    (emb, _), = together.values()
+    for i, g in enumerate(gens()):
+        (alone, _), = Guide(clip, term(), generator=g).encode_views(imgs[i : i + 1], None, None).values()
+        torch.testing.assert_close(emb[i : i + 1], alone, atol=1e-5, rtol=0)
+    (shared, _), = Guide(clip, term(), generator=gens()[0]).encode_views(imgs, None, None).values()
+    assert (shared[1] - emb[1]).abs().max() > 1e-3  # one generator draws other views for image 1
+    with pytest.raises(ParameterError, match="2 generators for 3 images"):
+        Guide(clip, term(), generator=gens()[:2])(imgs)
+
+
 def test_cutouts_stay_inside_region():
     cut = Cutouts(50, min_frac=0.1)
     boxes = cut.boxes(64, 64, torch.Generator().manual_seed(0), region=(10.0, 20.0, 40.0, 60.0))

@@ -208,7 +208,7 @@ class Guide:
         clip: ClipModel,
         terms: Sequence[Term],
         mask: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
     ) -> None:
         if not terms:
             raise ParameterError("a Guide needs at least one term")
@@ -222,6 +222,19 @@ class Guide:
         self.clip, self.terms, self.mask = clip, list(terms), mask
         self.channels_last = _channels_last_pays(clip)
         self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
+        if not isinstance(self.generator, torch.Generator) and not len(self.generator):
+            raise ParameterError("generator: give one torch.Generator or one per image")
+
+    def draw(self, view: View, x: torch.Tensor, size: int, region) -> torch.Tensor:
+        """The view's draws from the guide's generator, or with one generator per image (a batch whose image i
+        is re-runnable alone: its views come from its own generator, image-major as one generator gives them)."""
+        gens = self.generator
+        if isinstance(gens, torch.Generator):
+            return view(x, size, gens, region)
+        if len(gens) != x.shape[0]:
+            raise ParameterError(f"{len(gens)} generators for {x.shape[0]} images (source images take none: give "
+                                 "one generator)")
+        return torch.cat([view(x[i : i + 1], size, g, region) for i, g in enumerate(gens)])
 
     def encode_views(self, images: torch.Tensor, source: torch.Tensor | None, region) -> dict[int, tuple]:
         """Build each distinct view once and encode all of them in one forward pass."""
@@ -233,7 +246,7 @@ class Guide:
         size = self.clip.image_size
         batches, counts = [], []
         for view in views.values():
-            v = view(x, size, self.generator, region) if view is not None else x
+            v = self.draw(view, x, size, region) if view is not None else x
             if v.shape[-1] != size or v.shape[-2] != size:
                 v = F.interpolate(v, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
             batches.append(v)

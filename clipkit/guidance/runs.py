@@ -11,7 +11,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
@@ -141,6 +141,18 @@ def resolve_seed(seed: Any) -> int:
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ParameterError(f"seed must be an integer (-1 for a random one), got {type(seed).__name__} {seed!r}")
     return seed % SEED_RANGE
+
+
+def image_generators(seed: int, count: int) -> tuple[list[int], list[torch.Generator]]:
+    """Seeds ``seed .. seed + count - 1`` (in the seed range) and a generator for each: image i of a batch draws
+    only from its own, so it re-runs alone as a batch of one with seed ``seed + i``."""
+    seeds = [(seed + i) % SEED_RANGE for i in range(count)]
+    return seeds, [torch.Generator().manual_seed(v) for v in seeds]
+
+
+def randn_per_image(gens: list[torch.Generator], shape: Sequence[int]) -> torch.Tensor:
+    """(len(gens), *shape) normal draws, row i from ``gens[i]``."""
+    return torch.stack([torch.randn(tuple(shape), generator=g) for g in gens])
 
 
 def with_seed(settings: S) -> S:

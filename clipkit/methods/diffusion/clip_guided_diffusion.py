@@ -40,6 +40,8 @@ from clipkit.guidance.runs import (
     RunResult,
     StepCallback,
     StepInfo,
+    image_generators,
+    randn_per_image,
     resolve_settings,
     run_steps,
     timed,
@@ -139,18 +141,18 @@ def clip_guided_diffusion(
 
     (ldm, clip), t_load = timed(load)
     device = ldm.device
-    gen = torch.Generator().manual_seed(s.seed)
+    seeds, gens = image_generators(s.seed, s.batch)  # image i: seed + i, its every draw from its own generator
     guide = None
     if guided:
         view = Cutouts(s.cutouts, min_frac=1.0, noise=s.noise)
         guide = Guide(clip, [PromptTerm(prompts=s.prompt, templates=TEMPLATE_SETS[s.templates], view=view)],
-                      generator=gen)
+                      generator=gens)
     clip_px = clip.image_size if clip is not None else ldm.image_size
     sched = ldm.ddim()
     sched.set_timesteps(s.steps)
     times = list(sched.timesteps)
     abar = sched.alphas_cumprod
-    x = torch.randn(s.batch, *ldm.latent_shape, generator=gen).to(device)
+    x = randn_per_image(gens, ldm.latent_shape).to(device)
     x0_pred = x
     conditioned = ldm.denoiser.conditioned and s.cfg_scale > 0
     cond = text_condition(ldm, s.prompt, clip or given).expand(s.batch, -1) if conditioned else None
@@ -205,11 +207,11 @@ def clip_guided_diffusion(
                         x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
                     values = out.values
             x0_pred = x0.detach()
-            noise = torch.randn(x.shape, generator=gen).to(device) if s.eta > 0 else None
+            noise = randn_per_image(gens, x.shape[1:]).to(device) if s.eta > 0 else None
             prev = sched.step(eps.detach(), t, x, eta=s.eta, variance_noise=noise).prev_sample
             if r + 1 < passes:  # back to noise level t (q = abar_t / abar_prev), and denoise again
                 q = a_t / a_prev
-                x = q.sqrt() * prev + (1 - q).sqrt() * torch.randn(prev.shape, generator=gen).to(device)
+                x = q.sqrt() * prev + (1 - q).sqrt() * randn_per_image(gens, prev.shape[1:]).to(device)
             else:
                 x = prev
         return {**values, "t": float(t)}
@@ -223,6 +225,6 @@ def clip_guided_diffusion(
                                                 progress=progress, desc="diffusion")
         # a cancelled run keeps its current best guess of the clean image, not the half-noisy latent
         final = ldm.decode(x0_pred if cancelled else x, size=s.size).cpu()
-    record = {"method": "diffusion", **asdict(s), "clip": clip.name if clip is not None else None,
+    record = {"method": "diffusion", **asdict(s), "seeds": seeds, "clip": clip.name if clip is not None else None,
               "diffusion_model_name": ldm.name, "text_conditioned": conditioned}
     return RunResult.from_loop(final, record, history, seconds, cancelled, t_load)

@@ -48,7 +48,8 @@ def methods() -> list[Method]:
             "diffusion_model": Control("Diffusion model", "packaged: " + (", ".join(packaged_latent_models())
                                        or "none") + "; or a model folder", advanced=True),
         },
-        record_only=("clip", "diffusion_model_name", "text_conditioned"),
+        record_only=("clip", "diffusion_model_name", "text_conditioned", "seeds", "picked"),
+        batch_setting="batch",
         text_field="prompt",
         check=check_with(lambda s: resolve_latent_model(s.diffusion_model)),
     )]

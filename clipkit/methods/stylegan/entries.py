@@ -47,7 +47,8 @@ def methods() -> list[Method]:
                                   kind="dropdown", choices=NOISE_MODES, advanced=True),
             "generator": _GENERATOR,
         },
-        record_only=("seeds",),
+        record_only=("seeds", "picked"),
+        batch_setting="count",
         uses_clip=False,
         check=check,
     )
