@@ -246,6 +246,10 @@ def test_app_in_headless_chromium(server):
             expect(page.locator("#stylize-status")).to_contain_text("Done.")
             expect(page.locator("#stylize-gallery img").first).to_be_visible()
             expect(page.locator("#stylize-compare img")).to_have_count(2)  # before / after at one size
+            frame = page.locator("#stylize-compare").bounding_box()
+            for img in page.locator("#stylize-compare img").all():  # each whole picture inside the box, not a band
+                box = img.bounding_box()
+                assert frame["y"] <= box["y"] and box["y"] + box["height"] <= frame["y"] + frame["height"], (frame, box)
             # a live slider: the strength redraws the result without Run
             after = page.locator("#stylize-compare img").nth(1)
             shown = after.get_attribute("src")

@@ -62,17 +62,20 @@ UPDATE_EVERY_S = 0.2  # at most this often a status update goes to the browser (
 MODIFIED = " · *(modified)*"  # after a loaded preset's line once a control changes
 NEEDS_WEIGHTS = " (needs weights)"  # after a preset's name in the list when its weights are missing here
 HISTORY_LIMIT = 300  # saved results the History tab lists (newest first)
-# Events whose handler may tell the user something (``told``) go through the queue: Gradio delivers a toast only
-# there (a queue=False handler's gr.Warning is a server-side warning nobody sees). No concurrency limit, so they
-# never wait behind a run, and no spinner over their outputs (they take milliseconds).
 # A random seed (-1) is drawn by the app below this: the page's number boxes and JSON view are doubles, exact for
 # integers up to 2**53 only, so a seed drawn from the API's whole 63-bit range would come back from the page as
 # another seed and Load these settings would not reproduce the picture (a batch adds its image index).
 BROWSER_SEEDS = 1 << 52
+# Events whose handler may tell the user something (``told``) go through the queue: Gradio delivers a toast only
+# there (a queue=False handler's gr.Warning is a server-side warning nobody sees). No concurrency limit, so they
+# never wait behind a run, and no spinner over their outputs (they take milliseconds).
 TELLS: dict[str, Any] = {"queue": True, "concurrency_limit": None, "show_progress": "hidden"}
-# On a phone the Run / Cancel row stays at the bottom of the screen while the controls scroll above it, and the
-# painter's toolbar (zoom, undo) moves below its label, which wraps to two lines there instead of running under it
+# The before/after slider fits each whole picture in its box (Gradio 6.31 sizes its images to the box's width, so a
+# square or tall picture showed only a band across its middle). On a phone the Run / Cancel row stays at the bottom
+# of the screen while the controls scroll above it, and the painter's toolbar (zoom, undo) moves below its label,
+# which wraps to two lines there instead of running under it.
 CSS = """
+.clipkit-compare .slider-wrap img { height: 100% !important; top: 0 !important; }
 @media (max-width: 700px) {
   .clipkit-run-row { position: fixed; left: 0; right: 0; bottom: 0; z-index: 50; margin: 0 !important;
                      padding: 8px 16px; background: var(--body-background-fill);
@@ -253,7 +256,8 @@ def caption_for(record: dict[str, Any]) -> str:
     if "seed" in s:
         bits.append(f"seed {s['seed']}")
     n = record["steps_done"]
-    bits.append(f"{n} step{'' if n == 1 else 's'}")
+    if "steps" in s or n > 1:  # how far an iterative run went; one-pass methods (a sample, a stylizer) have no steps
+        bits.append(f"{n} step{'' if n == 1 else 's'}")
     loss = record.get("final", {}).get("loss")
     if isinstance(loss, (int, float)) and loss == loss:  # NaN: no loss to show
         bits.append(f"loss {loss:.3f}")
@@ -715,7 +719,7 @@ class ClipKitApp:
                     label = "Before / after" + (f" — moves with {', '.join(self._label(m, n) for n in m.live)}"
                                                 if m.live else "")
                     compare = gr.ImageSlider(label=label, type="pil", interactive=False, height=256,
-                                             elem_id=f"{m.name}-compare")
+                                             elem_id=f"{m.name}-compare", elem_classes=["clipkit-compare"])
                 gallery = gr.Gallery(label="Results (this session)", columns=3, height="auto", format="png",
                                      elem_id=f"{m.name}-gallery")
                 record_json = gr.JSON(label="Settings, losses and timings of the selected result",
