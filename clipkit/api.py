@@ -117,7 +117,7 @@ class Result:
         """Typed results the next method can take (``run(..., network=result)``)."""
         return self.run.artifacts
 
-    def _alone(self, index: int) -> dict[str, Any]:
+    def record_for(self, index: int) -> dict[str, Any]:
         """The record as image ``index`` alone: for a batch of per-image seeds (``Method.batch_setting``), its own
         seed and a batch of one, so loading the saved picture's settings re-runs that picture only."""
         settings = self.record.get("settings", {})
@@ -135,7 +135,7 @@ class Result:
         artifact goes beside it as ``<stem>.<name>.safetensors``, named in the record (``load_artifacts``). A
         batch's latents are cut to image ``index``'s own, so a picked picture goes on to the next method alone."""
         path = Path(path)
-        record = self._alone(index)
+        record = self.record_for(index)
         if self.run.artifacts:
             record = {**record, "artifacts": {k: dict(v) for k, v in record.get("artifacts", {}).items()}}
             for name, artifact in self.run.artifacts.items():

@@ -44,7 +44,8 @@ def _run(args: argparse.Namespace) -> int:
     check_not_protected(numbered_outputs(args.out, int(getattr(settings, "batch", 1) or 1)), protect,
                         "an input of this run")
     images = {k: (load_mask(v) if k == "mask" else load_image(v)) for k, v in sources.items()}
-    images.update({a.name: getattr(args, a.name) for a in m.artifact_inputs if getattr(args, a.name) is not None})
+    images.update({a.name: getattr(args, a.name) for a in m.artifact_inputs
+                   if a.upload and getattr(args, a.name) is not None})
     clip = "tiny" if _test_models(args) else None
     result = api.run(m.name, settings, clip=clip, progress=not args.quiet, **images)
     paths = numbered_outputs(args.out, len(result.images))
@@ -119,7 +120,7 @@ def add_method_parser(sub: Any, m: Method) -> argparse.ArgumentParser:
         p.add_argument(f"--{inp.name}", required=True, type=Path, help=inp.label)
         if inp.mask:
             p.add_argument("--mask", type=Path, default=None, help="white = change, black = keep exactly")
-    for art in m.artifact_inputs:  # a result's artifact file (<result>.<name>.safetensors)
+    for art in (a for a in m.artifact_inputs if a.upload):  # a result's artifact file (<result>.<name>.safetensors)
         p.add_argument(f"--{art.name.replace('_', '-')}", dest=art.name, required=art.required, type=Path,
                        default=None, help=f"{art.label}: a '{art.kind}' artifact file")
     hints = typing.get_type_hints(m.settings_cls)

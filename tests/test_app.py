@@ -188,10 +188,12 @@ def test_a_batch_is_saved_image_by_image_and_previewed_as_one_sheet(tmp_path):
     result = list(app.run_stream(m, s, {}))[-1][1]
     entries = app.save_results(m, result)
     assert [e.caption.split(" · ")[-1] for e in entries] == ["image 1 of 3", "image 2 of 3", "image 3 of 3"]
-    for i, e in enumerate(entries):  # each file is its own image of the batch, and carries the batch's settings
+    assert [e.caption.split(" · ")[1] for e in entries] == ["seed 4", "seed 5", "seed 6"]  # each image's own seed
+    for i, e in enumerate(entries):  # each file is its own image of the batch, with the settings that redraw it
         assert load_image(e.path).tobytes() == result.images[i].tobytes()
-    again = api.run(preset=entries[2].path, clip="tiny")
-    assert again.tensors.equal(result.tensors)
+    again = api.run(preset=entries[2].path, clip="tiny")  # the third image alone: seed 6, a batch of one
+    assert again.tensors.shape[0] == 1 and entries[2].record["settings"]["seed"] == 6
+    torch.testing.assert_close(again.tensors[0], result.tensors[2], atol=1e-4, rtol=0)
     sheet = batch_sheet(result.tensors)
     assert sheet.size == (2 * 32 + 3 * 2, 2 * 32 + 3 * 2)  # 2 x 2 grid with 2 px gaps
 

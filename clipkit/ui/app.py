@@ -478,8 +478,9 @@ class ClipKitApp:
                     del self._tokens[key]
 
     def save_results(self, m: Method, result: api.Result) -> list[Entry]:
-        """Write each image of the result as a PNG (settings embedded; any one reproduces the whole batch) where
-        the app serves downloads from."""
+        """Write each image of the result as a PNG with its settings where the app serves downloads from: a batch
+        of per-image seeds records each image's own seed, so it re-runs alone (``Result.record_for``); any other
+        batch's file reproduces the whole batch."""
         stamp = time.strftime("%Y%m%d-%H%M%S")
         seed = result.settings.get("seed")
         base = f"{m.name}-{stamp}" + (f"-s{seed}" if seed is not None else "")
@@ -490,8 +491,9 @@ class ClipKitApp:
             while path.exists():
                 path = self.result_path(name)
             result.save(path, index=i)
-            caption = caption_for(result.record) + (f" · image {i + 1} of {count}" if count > 1 else "")
-            entries.append(Entry(str(path), caption, result.record))
+            record = result.record_for(i)
+            caption = caption_for(record) + (f" · image {i + 1} of {count}" if count > 1 else "")
+            entries.append(Entry(str(path), caption, record))
         return entries
 
     # ---- before / after and live sliders
