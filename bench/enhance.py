@@ -1,5 +1,12 @@
 """Benchmark backlit enhancement.
 
+``python bench/enhance.py speed``: seconds per megapixel of the authors' way of running the network (the whole image
+at once, fp32, the plain ``EnhanceNet`` modules under ``no_grad``, ``clamp(I / L, 0, 1)``) against clipkit's path
+(``tiling.enhance_tensor``: fused channels_last tiles) on a real photo, at 1 and 2 threads. Every run is a fresh
+process, baseline and ours alternating, so the two see the same load; the medians of the repeats give the speed
+ratio. Also printed: CPU seconds per MP (steadier than wall time on a shared machine), the peak memory each run
+added (ru_maxrss) and the max abs difference of the outputs (enhanced image and illumination map).
+
 ``python bench/enhance.py inference``: every published checkpoint on every photo of ``../shared/images/backlit`` at
 full resolution: mean RGB out, mean luma and dark-pixel fraction (luma < 0.2) before/after, ms per megapixel, and
 the agreement with the authors' reference outputs (clip-lit, two photos).
@@ -12,14 +19,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
+import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
-from clipkit.methods.enhance.api import enhance_image_tensor, load_image
 
 from clipkit.methods.enhance import checkpoints
+from clipkit.methods.enhance.enhance import enhance_image_tensor, load_image
+from clipkit.methods.enhance.tiling import DEFAULT_TILE
 
 PHOTOS = checkpoints.REPO_ROOT.parent / "shared" / "images" / "backlit"
 # Mean output RGB of the authors' own inference code (clip-lit/enhancement_model.pth, full resolution).
@@ -63,6 +76,85 @@ def bench_inference(photos: Path, names: list[str], tile: int | str | None, out:
     if out:
         out.write_text(json.dumps(rows, indent=1))
     return failures
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def run_once(mode: str, photo: Path, checkpoint: str, threads: int, tile: int, save: Path | None) -> dict:
+    """One timed enhancement in this process: ``base`` (the authors' way) or ``ours`` (clipkit's path)."""
+    from clipkit.methods.enhance.tiling import enhance_tensor
+
+    torch.set_num_threads(threads)
+    net = checkpoints.load_network(checkpoint)
+    x = load_image(photo, exif=False)  # as the authors' script reads it: uint8 / 255, no EXIF rotation
+    rss0 = _rss_bytes()
+    wall, cpu = time.perf_counter(), time.process_time()
+    with torch.no_grad():
+        if mode == "base":
+            light = net(x)
+            out = torch.clamp(x / light, 0, 1)
+        else:
+            out, light = enhance_tensor(net, x, tile=tile)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    if save:
+        torch.save({"out": out, "light": light}, save)
+    mp = x.shape[-1] * x.shape[-2] / 1e6
+    return {"mode": mode, "threads": threads, "wall_s_per_mp": wall / mp, "cpu_s_per_mp": cpu / mp,
+            "peak_extra_mb": max(0, peak - rss0) / 2**20, "megapixels": mp}
+
+
+def _child(mode: str, photo: Path, checkpoint: str, threads: int, tile: int, save: Path | None) -> dict:
+    cmd = [sys.executable, __file__, "_once", mode, "--photo", str(photo), "--checkpoint", checkpoint,
+           "--threads", str(threads), "--tile", str(tile)] + (["--save", str(save)] if save else [])
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def bench_speed(photo: Path, names: list[str], threads: list[int], repeats: int, other_repeats: int,
+                tile: int) -> dict:
+    """Baseline vs ours at equal threads; see the module docstring. The first checkpoint gets ``repeats`` runs per
+    thread count, the others (same network, other weights) ``other_repeats``, to show the equality on them."""
+    from PIL import Image
+
+    with Image.open(photo) as im:
+        size = im.size
+    print(f"{photo.name} {size[0]}x{size[1]} ({size[0] * size[1] / 1e6:.2f} MP), tile {tile}, "
+          f"torch {torch.__version__}; each run a fresh process, medians of repeats", flush=True)
+    print(f"{'checkpoint':15s} {'thr':>3s} {'base s/MP':>9s} {'ours s/MP':>9s} {'speed-up':>8s} "
+          f"{'cpu base':>8s} {'cpu ours':>8s} {'cpu x':>6s} {'MB base':>7s} {'MB ours':>7s} "
+          f"{'max|d| out':>10s} {'max|d| L':>9s}")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for k, name in enumerate(names):
+            for n in threads:
+                runs = {"base": [], "ours": []}
+                for rep in range(repeats if k == 0 else other_repeats):
+                    for mode in ("base", "ours"):  # alternate, so both see the same load
+                        save = Path(tmp) / f"{mode}.pt" if rep == 0 else None
+                        runs[mode].append(_child(mode, photo, name, n, tile, save))
+                a, b = torch.load(Path(tmp) / "base.pt"), torch.load(Path(tmp) / "ours.pt")
+                med = {m: {key: statistics.median(r[key] for r in runs[m])
+                           for key in ("wall_s_per_mp", "cpu_s_per_mp", "peak_extra_mb")} for m in runs}
+                row = {"checkpoint": name, "threads": n, "runs": len(runs["base"]),
+                       "base": med["base"], "ours": med["ours"],
+                       "speedup_wall": med["base"]["wall_s_per_mp"] / med["ours"]["wall_s_per_mp"],
+                       "speedup_cpu": med["base"]["cpu_s_per_mp"] / med["ours"]["cpu_s_per_mp"],
+                       "max_abs_diff_out": (a["out"] - b["out"]).abs().max().item(),
+                       "max_abs_diff_light": (a["light"] - b["light"]).abs().max().item(),
+                       "all_runs": runs}
+                rows.append(row)
+                print(f"{name:15s} {n:3d} {med['base']['wall_s_per_mp']:9.2f} {med['ours']['wall_s_per_mp']:9.2f} "
+                      f"{row['speedup_wall']:7.2f}x {med['base']['cpu_s_per_mp']:8.2f} "
+                      f"{med['ours']['cpu_s_per_mp']:8.2f} {row['speedup_cpu']:5.2f}x "
+                      f"{med['base']['peak_extra_mb']:7.0f} {med['ours']['peak_extra_mb']:7.0f} "
+                      f"{row['max_abs_diff_out']:10.1e} {row['max_abs_diff_light']:9.1e}  "
+                      f"({len(runs['base'])} runs each)", flush=True)
+    return {"photo": photo.name, "size": size, "tile": tile, "rows": rows}
 
 
 def bench_training(clip_name: str, clip_weights: str | None, steps: int, size: int, target_frac: float,
@@ -123,6 +215,21 @@ def bench_training(clip_name: str, clip_weights: str | None, steps: int, size: i
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
+    sp = sub.add_parser("speed", help="authors' way vs clipkit's path, s/MP at equal threads, memory, max diff")
+    sp.add_argument("--photo", type=Path, default=PHOTOS / "110_51093502029_o.jpg")
+    sp.add_argument("--checkpoints", nargs="*", default=["clip-lit", "rave-unpaired"])
+    sp.add_argument("--threads", type=int, nargs="*", default=[1, 2])
+    sp.add_argument("--repeats", type=int, default=3, help="runs of each path per thread count (first checkpoint)")
+    sp.add_argument("--other-repeats", type=int, default=1, help="runs for the other checkpoints")
+    sp.add_argument("--tile", type=int, default=DEFAULT_TILE)
+    sp.add_argument("--json", type=Path, default=None)
+    once = sub.add_parser("_once")  # one timed run in a fresh process (used by speed)
+    once.add_argument("mode", choices=["base", "ours"])
+    once.add_argument("--photo", type=Path, required=True)
+    once.add_argument("--checkpoint", default="clip-lit")
+    once.add_argument("--threads", type=int, default=1)
+    once.add_argument("--tile", type=int, default=DEFAULT_TILE)
+    once.add_argument("--save", type=Path, default=None)
     inf = sub.add_parser("inference")
     inf.add_argument("--photos", type=Path, default=PHOTOS)
     inf.add_argument("--checkpoints", nargs="*", default=list(checkpoints.PUBLISHED))
@@ -137,6 +244,15 @@ def main() -> int:
     tr.add_argument("--target", type=float, default=0.1, help="fraction of the backlit -> well-lit subject gap")
     tr.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
+    if args.cmd == "_once":
+        print(json.dumps(run_once(args.mode, args.photo, args.checkpoint, args.threads, args.tile, args.save)))
+        return 0
+    if args.cmd == "speed":
+        result = bench_speed(args.photo, args.checkpoints, args.threads, args.repeats, args.other_repeats,
+                             args.tile)
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=1))
+        return 0
     if args.cmd == "inference":
         if args.threads:
             torch.set_num_threads(args.threads)

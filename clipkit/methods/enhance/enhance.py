@@ -25,11 +25,10 @@ from clipkit.guidance.runs import CancelToken, RunResult, StepCallback, StepInfo
 from . import checkpoints
 from .metrics import dark_region_gain, image_stats
 from .network import EnhanceNet, apply_illumination
-from .tiling import enhance_tensor
+from .tiling import DEFAULT_TILE, enhance_tensor
 
 ILLUMINATION_KIND = "map/illumination"  # an illumination map L (B, 1, H, W) and what made it
-AUTO_TILE = 1024  # core size used by tile="auto"
-AUTO_TILE_PIXELS = 2_000_000  # "auto" tiles images larger than this, bounding memory at ~2 GB
+AUTO_TILE = DEFAULT_TILE  # tile="auto": tiles of 320 (fastest measured, and memory stays bounded; tiling.py)
 
 
 @dataclass
@@ -38,7 +37,7 @@ class EnhanceSettings:
 
     checkpoint: str = "clip-lit"
     strength: float = 1.0
-    tile: int = 0  # core size of tiles in pixels; 0 = automatic (tiles only images above ~2 MP)
+    tile: int = 0  # core size of tiles in pixels; 0 = automatic (320, the fastest measured)
 
     def validate(self) -> EnhanceSettings:
         if not 0 <= self.strength <= 4:
@@ -93,7 +92,7 @@ def get_network(checkpoint: str | os.PathLike | EnhanceNet = "clip-lit", device:
 
 def _tile_for(tile: int | str | None, h: int, w: int) -> int | None:
     if tile == "auto":
-        return AUTO_TILE if h * w > AUTO_TILE_PIXELS else None
+        return AUTO_TILE if max(h, w) > AUTO_TILE else None
     if tile is not None and not isinstance(tile, int):
         raise ValueError(f"tile must be an int, None or 'auto', got {tile!r}")
     return tile
