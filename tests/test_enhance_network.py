@@ -185,6 +185,22 @@ def test_fast_tiled_path_equals_the_reference_network(padding_mode):
         assert (illumination(net, thin, tile=16) - net(thin)).abs().max() < 1e-5
 
 
+@needs_weights
+def test_tiles_report_progress_and_a_cancel_stops_between_them():
+    """A tiled run reports each tile of both passes as a step (the app's percentage on a large photo); a cancel
+    stops between tiles and hands back the picture untouched, marked cancelled."""
+    from clipkit.guidance.runs import CancelToken
+    from clipkit.methods.enhance.enhance import enhance
+
+    x = torch.rand(1, 3, 200, 330, generator=torch.Generator().manual_seed(0))
+    seen = []
+    done = enhance(x, tile=160, callback=lambda info: seen.append((info.step, info.total, info.preview is None)))
+    assert seen == [(k, 12, True) for k in range(1, 12)] + [(12, 12, False)]  # 2 x 3 tiles, two passes
+    token = CancelToken()
+    stopped = enhance(x, tile=160, cancel=token, callback=lambda info: token.cancel() if info.step == 3 else None)
+    assert stopped.cancelled and torch.equal(stopped.images, x) and not done.cancelled
+
+
 def test_division_is_safe_for_black_pixels_and_zero_illumination():
     image = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     image[..., :4, :] = 0

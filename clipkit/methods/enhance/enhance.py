@@ -25,7 +25,7 @@ from clipkit.guidance.runs import CancelToken, RunResult, StepCallback, StepInfo
 from . import checkpoints
 from .metrics import dark_region_gain, image_stats
 from .network import EnhanceNet, apply_illumination
-from .tiling import DEFAULT_TILE, enhance_tensor
+from .tiling import DEFAULT_TILE, OnTile, enhance_tensor
 
 ILLUMINATION_KIND = "map/illumination"  # an illumination map L (B, 1, H, W) and what made it
 AUTO_TILE = DEFAULT_TILE  # tile="auto": tiles of 320 (fastest measured, and memory stays bounded; tiling.py)
@@ -105,6 +105,7 @@ def enhance_with_light(
     strength: float = 1.0,
     device: str = "cpu",
     light: Tensor | None = None,
+    on_tile: OnTile | None = None,
 ) -> tuple[Tensor, Tensor, dict]:
     """(enhanced image, illumination map, record); the core of ``enhance``. Given ``light`` (this image's map from
     an earlier call with the same network and tiles), the network does not run: only ``apply_illumination`` at
@@ -115,7 +116,7 @@ def enhance_with_light(
     t0 = time.perf_counter()
     tile_px = _tile_for(tile, *x.shape[-2:])
     if light is None:
-        out, light = enhance_tensor(net, x, tile=tile_px, strength=strength)
+        out, light = enhance_tensor(net, x, tile=tile_px, strength=strength, on_tile=on_tile)
     else:
         light = light.to(device=x.device, dtype=x.dtype)
         out = apply_illumination(x, light, strength)
@@ -167,6 +168,10 @@ def reused_light(illumination: Artifact, x: Tensor) -> Tensor:
     return illumination.tensors["light"]
 
 
+class _Cancelled(Exception):
+    """Raised between tiles when the run's cancel token is set."""
+
+
 def enhance(
     image: Image.Image | Tensor | str | os.PathLike,
     settings: EnhanceSettings | None = None,
@@ -190,11 +195,23 @@ def enhance(
         return RunResult(x, record, [], {}, cancelled=True)
     light = reused_light(illumination, x) if illumination is not None else None
     t0 = time.perf_counter()
+    tiles = [1, 1]
+
+    def on_tile(done: int, total: int) -> None:
+        """Progress per tile; a cancel stops between tiles (half an illumination map is no picture)."""
+        tiles[:] = [done, total]
+        if cancel is not None and cancel.cancelled:
+            raise _Cancelled
+        if callback is not None and done < total:
+            callback(StepInfo(done, total, {}, None))
+
     try:
         out, light, facts = enhance_with_light(x, s.checkpoint, tile=s.tile or "auto", strength=s.strength,
-                                               device=str(default_device()), light=light)
+                                               device=str(default_device()), light=light, on_tile=on_tile)
     except checkpoints.CheckpointError as e:
         raise ParameterError(str(e)) from e
+    except _Cancelled:
+        return RunResult(x, record, [], {"enhance_s": time.perf_counter() - t0}, cancelled=True)
     made_by = {"weights_sha256": facts["weights_sha256"], "tile": facts["tile"]}
     if illumination is not None and {k: illumination.meta.get(k) for k in made_by} != made_by:
         raise ParameterError("the illumination map given was computed with other weights or tiles: leave it out "
@@ -204,7 +221,7 @@ def enhance(
               "illumination_mean": float(facts["illumination_mean"])}
     out = out.cpu()
     if callback is not None:
-        callback(StepInfo(1, 1, values, out))
+        callback(StepInfo(tiles[1], tiles[1], values, out))
     extras = {k: facts[k] for k in ("weights_sha256", "before", "after", "ms_per_megapixel") if k in facts}
     extras["illumination_reused"] = illumination is not None
     extras["illumination"] = Artifact(ILLUMINATION_KIND, {"light": light.cpu()}, {"picture": picture_id(x), **made_by})

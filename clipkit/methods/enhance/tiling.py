@@ -23,7 +23,7 @@ every layer, and the page faults cost more than the smaller halo saves.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +33,7 @@ from .fast import FastNet
 from .network import HEAD_RADIUS, STEM_RADIUS, EnhanceNet, apply_illumination
 
 DEFAULT_TILE = 320
+OnTile = Callable[[int, int], None]  # (tiles done, tiles in all), after each tile of either pass
 CACHE_BYTES = 1 << 30  # keep the stem features (128 B per pixel) of images up to ~8 MP
 
 
@@ -71,8 +72,8 @@ def _membership(cells: list[tuple[int, int]], lo: int, hi: int, start: int, leng
 
 
 @torch.no_grad()
-def exact_context(net: EnhanceNet | FastNet, x: Tensor, tile: int,
-                  cache_bytes: int = 0) -> tuple[list[Tensor], Tensor | None]:
+def exact_context(net: EnhanceNet | FastNet, x: Tensor, tile: int, cache_bytes: int = 0,
+                  tick: Callable[[], None] | None = None) -> tuple[list[Tensor], Tensor | None]:
     """Pyramid-pooling context of the whole image computed tile by tile (module docstring, pass 1), and the
     full-size stem features when they fit ``cache_bytes`` (else ``None``).
 
@@ -93,6 +94,8 @@ def exact_context(net: EnhanceNet | FastNet, x: Tensor, tile: int,
         cache = torch.empty(B, H, W, C, device=x.device, dtype=x.dtype).permute(0, 3, 1, 2)  # channels_last
     for (y0, y1, x0, x1), (ey0, ey1, ex0, ex1) in _tiles(H, W, tile, STEM_RADIUS):
         feat = fast.stem(x[..., ey0:ey1, ex0:ex1], _borders(ey0, ey1, ex0, ex1, H, W))
+        if tick is not None:
+            tick()
         if cache is not None:
             cache[..., y0:y1, x0:x1] = feat[..., y0 - ey0 : y1 - ey0, x0 - ex0 : x1 - ex0]
             continue
@@ -129,11 +132,14 @@ def illumination(
     tile: int | None = None,
     context: str | list[Tensor] = "exact",
     cache_bytes: int = CACHE_BYTES,
+    on_tile: OnTile | None = None,
 ) -> Tensor:
     """Illumination map of ``x`` (B, 3, H, W) in [0, 1]; tiled with ``tile``-pixel cores when the image is larger.
 
     ``context``: ``"exact"`` (tiles agree with the untiled result), ``"downscaled"``, or precomputed tensors.
     Memory: one tile's activations (~1 KB per pixel of the grown tile) plus the stem cache (``cache_bytes`` at most).
+    ``on_tile(done, total)`` follows the tiles of both passes (a 3 MP photo takes seconds: progress and a place
+    to stop; an exception it raises ends the call).
     """
     if isinstance(context, str) and context not in ("exact", "downscaled"):
         raise ValueError(f"context must be 'exact', 'downscaled' or tensors, got {context!r}")
@@ -144,8 +150,18 @@ def illumination(
     if tile < 16:
         raise ValueError(f"tile must be >= 16 pixels, got {tile}")
     cache = None
+    tiles = sum(1 for _ in _tiles(H, W, tile, 0))
+    passes = 2 if isinstance(context, str) and context == "exact" else 1
+    done = 0
+
+    def tick() -> None:
+        nonlocal done
+        done += 1
+        if on_tile is not None:
+            on_tile(done, passes * tiles)
+
     if context == "exact":
-        context, cache = exact_context(fast, x, tile, cache_bytes)
+        context, cache = exact_context(fast, x, tile, cache_bytes, tick)
     elif context == "downscaled":
         context = downscaled_context(fast, x)
     out = torch.empty(x.shape[0], net.out_channels, H, W, device=x.device, dtype=x.dtype)
@@ -158,6 +174,7 @@ def illumination(
             feat = fast.stem(x[..., ey0:ey1, ex0:ex1], borders)
         light = fast.head(feat, context, (ey0, ex0, ey1 - ey0, ex1 - ex0, H, W), borders)
         out[..., y0:y1, x0:x1] = light[..., y0 - ey0 : y1 - ey0, x0 - ex0 : x1 - ex0]
+        tick()
     return out
 
 
