@@ -142,6 +142,20 @@ def test_generate_is_reproducible_from_seed(clip):
     assert a.record()["settings"]["seed"] == 5
 
 
+def test_each_generated_image_of_a_batch_is_its_seed_alone(clip):
+    """Image i of a pixel batch starts from and is viewed through seed + i only: a batch of one with that seed
+    draws it again (to float precision: batched convolutions round a little differently)."""
+    from clipkit.methods.image.generate import generate
+
+    kw = dict(clip=clip, prompt="a green square", steps=6, size=32, cutouts=4, progress=False)
+    batch = generate(seed=5, batch=3, **kw)
+    assert batch.record()["settings"]["seeds"] == [5, 6, 7]
+    for i in (0, 2):
+        alone = generate(seed=5 + i, batch=1, **kw)
+        torch.testing.assert_close(alone.images[0], batch.images[i], atol=1e-4, rtol=0)
+    assert (batch.images[0] - batch.images[1]).abs().max() > 1e-2
+
+
 def test_cancel_stops_early_and_keeps_partial(clip):
     from clipkit.guidance.runs import CancelToken
     from clipkit.methods.image.generate import generate

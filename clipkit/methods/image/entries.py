@@ -41,7 +41,8 @@ def methods() -> list[Method]:
             "detail_decay": _DETAIL_DECAY,
             "templates": _TEMPLATES,
         },
-        record_only=("clip",),
+        record_only=("clip", "seeds", "picked"),
+        batch_setting="batch",
         text_field="prompt",
     )
     edit_entry = Method(

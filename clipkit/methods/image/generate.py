@@ -12,7 +12,16 @@ from clipkit.guidance.clip import DEFAULT_MODEL, ClipModel, get_clip
 from clipkit.guidance.errors import ParameterError
 from clipkit.guidance.guide import Guide, PromptTerm, TVTerm
 from clipkit.guidance.prompts import TEMPLATE_SETS, parse_prompts
-from clipkit.guidance.runs import CancelToken, RunResult, StepCallback, check_steps, resolve_settings, run_steps, timed
+from clipkit.guidance.runs import (
+    CancelToken,
+    RunResult,
+    StepCallback,
+    check_steps,
+    image_generators,
+    resolve_settings,
+    run_steps,
+    timed,
+)
 from clipkit.methods.image.pyramid import PyramidImage
 
 
@@ -74,8 +83,8 @@ def generate(
     """Text to image from noise; same settings and seed give the same image."""
     s = resolve_settings(GenerateSettings, settings, overrides)
     clip, t_load = timed(lambda: clip or get_clip(s.model, s.pretrained))
-    gen = torch.Generator().manual_seed(s.seed)
-    image = PyramidImage(s.size, s.batch, generator=gen, decay=s.detail_decay, init_std=s.init_std).to(clip.device)
+    seeds, gens = image_generators(s.seed, s.batch)  # image i: seed + i, its every draw from its own generator
+    image = PyramidImage(s.size, s.batch, generator=gens, decay=s.detail_decay, init_std=s.init_std).to(clip.device)
     guide = Guide(
         clip,
         [
@@ -84,14 +93,15 @@ def generate(
                                        rotate=s.rotate)),
             TVTerm(weight=s.tv_weight),
         ],
-        generator=gen,
+        generator=gens,
     )
     opt = torch.optim.Adam(image.parameters(), lr=s.lr)
 
     def step(_: int) -> dict[str, float]:
         opt.zero_grad(set_to_none=True)
         out = guide(image())
-        out.backward(list(image.parameters()))
+        out.backward(list(image.parameters()), scale=s.batch)  # the batch's mean loss times its size: each image
+        #                                                         gets the gradient it gets alone
         opt.step()
         return out.values
 
@@ -103,5 +113,5 @@ def generate(
                                             desc="generate")
     with torch.no_grad():
         final = image().detach()
-    settings_record = {"method": "generate", **asdict(s), "clip": clip.name}
+    settings_record = {"method": "generate", **asdict(s), "seeds": seeds, "clip": clip.name}
     return RunResult.from_loop(final, settings_record, history, seconds, cancelled, t_load)

@@ -12,6 +12,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from clipkit.guidance.runs import randn_per_image
+
 
 class PyramidImage(nn.Module):
     """Image = sigmoid(logit(base) + sum_k decay^k upsample(level_k)); levels from `min_size` (k = 0) doubling up.
@@ -28,7 +30,7 @@ class PyramidImage(nn.Module):
         batch: int = 1,
         min_size: int = 4,
         init_std: float = 0.5,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
         base: torch.Tensor | None = None,
         decay: float = 1.0,
     ) -> None:
@@ -49,9 +51,14 @@ class PyramidImage(nn.Module):
         std = 0.0 if base is not None else init_std / len(shapes)
         # an edit starts at its base exactly: zeros, with no draw (a draw from torch's global RNG would disturb
         # a network being built from a seed in another thread: the app runs jobs side by side)
+        # one generator per image (a list) draws image i's levels alone: it re-runs as a batch of one
+        def draw(a: int, b: int) -> torch.Tensor:
+            if isinstance(generator, list):
+                return randn_per_image(generator, (3, a, b))
+            return torch.randn(batch, 3, a, b, generator=generator)
+
         self.levels = nn.ParameterList(
-            nn.Parameter(torch.randn(batch, 3, a, b, generator=generator) * std if std else torch.zeros(batch, 3, a, b))
-            for a, b in reversed(shapes)
+            nn.Parameter(draw(a, b) * std if std else torch.zeros(batch, 3, a, b)) for a, b in reversed(shapes)
         )
         logit = torch.logit(base.clamp(1e-3, 1 - 1e-3)) if base is not None else torch.zeros(batch, 3, h, w)
         self.register_buffer("base_logit", logit)
