@@ -146,7 +146,7 @@ def test_tiled_agrees_with_untiled_on_a_real_photo(photo_crop):
     assert (out - torch.clamp(photo_crop / full, 0, 1)).abs().max() < 1e-5  # the authors' output, to 1e-5
 
 
-def _lively_net(padding_mode: str, seed: int) -> EnhanceNet:
+def lively_net(seed: int, padding_mode: str = "reflect") -> EnhanceNet:
     """Random weights at a scale that keeps activations O(1) and the illumination mostly > 0 (the authors' N(0,
     0.02) init would leave a nearly constant map, a weak test of the fast path)."""
     g = torch.Generator().manual_seed(seed)
@@ -164,7 +164,7 @@ def _lively_net(padding_mode: str, seed: int) -> EnhanceNet:
 def test_fast_tiled_path_equals_the_reference_network(padding_mode):
     """clipkit's path (fused channels_last convs, zero padding repaired on image borders, tiles with the exact
     context, stem cache on and off) gives the plain network's whole-image output to 1e-5."""
-    net = _lively_net(padding_mode, seed=3)
+    net = lively_net(3, padding_mode)
     x = torch.rand(2, 3, 45, 70, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         ref = net(x)

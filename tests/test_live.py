@@ -9,12 +9,12 @@ import os
 import pytest
 import torch
 from PIL import Image
+from test_enhance_network import lively_net  # the tests' folder is on the path (no package)
 
 from clipkit import api
 from clipkit.guidance.errors import ParameterError
 from clipkit.methods.enhance import checkpoints
 from clipkit.methods.enhance import enhance as enhance_module
-from clipkit.methods.enhance.network import EnhanceNet
 from clipkit.registry import get_method
 from clipkit.ui.app import ClipKitApp, batch_sheet, values_to_settings
 
@@ -22,14 +22,7 @@ from clipkit.ui.app import ClipKitApp, batch_sheet, values_to_settings
 @pytest.fixture(scope="module")
 def net_file(tmp_path_factory) -> str:
     """A random illumination network whose map varies over the picture (mostly > 0), saved as a weights file."""
-    g = torch.Generator().manual_seed(7)
-    net = EnhanceNet()
-    with torch.no_grad():
-        for p in net.parameters():
-            fan_in = p[0].numel() if p.ndim > 1 else 1
-            p.copy_(torch.randn(p.shape, generator=g) / fan_in**0.5 if p.ndim > 1 else
-                    0.1 + 0.2 * torch.rand(p.shape, generator=g))
-        net.cond_add1.bias.fill_(1.0)
+    net = lively_net(7)
     folder = tmp_path_factory.mktemp("weights")
     return os.path.realpath(checkpoints.save_network(net, folder / "random-lit.safetensors"))
 
