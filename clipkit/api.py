@@ -45,7 +45,7 @@ from clipkit.guidance.images import (
 )
 from clipkit.guidance.images import to_rgb as _to_rgb
 from clipkit.guidance.limits import check_image_size
-from clipkit.guidance.runs import CancelToken, RunResult, StepCallback, StepInfo, with_seed
+from clipkit.guidance.runs import SEED_RANGE, CancelToken, RunResult, StepCallback, StepInfo, with_seed
 from clipkit.presets import (
     Preset,
     PresetError,
@@ -146,6 +146,19 @@ class Result:
                 if mine is not artifact:
                     record["artifacts"][name].update(mine.describe(), picked=[index, len(self.images)])
         return save_image(self.images[index], path, record, protect=protect)
+
+
+def batch_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """The settings of the whole batch a picked image's record came from (the inverse of ``Result.record_for``);
+    any other settings as they are. Batch jobs compare an output with the run they would make by these."""
+    picked = settings.get("picked")
+    method = methods().get(settings.get("method", ""))
+    key = method.batch_setting if method is not None else None
+    if key is None or not isinstance(picked, list) or len(picked) != 2 or not isinstance(settings.get("seed"), int):
+        return settings
+    index, count = picked
+    whole = {k: v for k, v in settings.items() if k not in ("picked", "seeds")}
+    return {**whole, "seed": (settings["seed"] - index) % SEED_RANGE, key: count}
 
 
 def to_rgb(image: Image.Image, name: str = "image") -> Image.Image:

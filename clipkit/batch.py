@@ -144,7 +144,7 @@ def plan(spec: BatchSpec, inputs: list[Path], output: Path, overwrite: bool = Fa
 def _same_settings(spec: BatchSpec, path: Path, output: Path) -> bool:
     """Whether an earlier output carries this job's settings and, where it records one, its CLIP."""
     try:
-        stored = _settings_of(output) or {}
+        stored = api.batch_settings(_settings_of(output) or {})  # an image of a batch: the batch's settings
         used = stored.pop("clip", None)
         for key in spec.ignore:
             stored.pop(key, None)

@@ -153,8 +153,9 @@ def test_a_batch_of_samples_writes_every_image_and_resumes_by_the_set(prompts, t
     assert batch("--preset", "generate-preview", "--input", str(prompts), "--output", str(out), *two) == 0
     assert sorted(p.name for p in out.glob("*.png")) == ["blue-1.png", "blue-2.png", "red-1.png", "red-2.png"]
     ref = api.run(preset="generate-preview", clip="tiny", prompt="a red circle", steps=2, size=32, cutouts=2, batch=2)
-    for i in (0, 1):
-        assert read_settings(out / f"red-{i + 1}.png")["settings"]["batch"] == 2
+    for i in (0, 1):  # each image records its own seed and a batch of one (it re-runs alone)
+        s = read_settings(out / f"red-{i + 1}.png")["settings"]
+        assert (s["batch"], s["seed"] - ref.settings["seed"], s["picked"]) == (1, i, [i, 2])
         assert Image.open(out / f"red-{i + 1}.png").tobytes() == ref.images[i].tobytes()
     assert next(r for r in logs(out)[0] if r["event"] == "file")["outputs"][1].endswith("-2.png")
     capsys.readouterr()

@@ -23,6 +23,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from clipkit.methods.diffusion.clip_guided_diffusion import DiffusionSettings
+
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = os.environ.get("CLIPKIT_CHROMIUM", "/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -124,7 +126,7 @@ def test_app_in_headless_chromium(server):
 
             # the landing tab is Generate > Diffusion: a short sampling run draws a picture
             diffusion_steps = page.locator("#diffusion-steps input[type=number]")
-            expect(diffusion_steps).to_have_value("50")
+            expect(diffusion_steps).to_have_value(str(DiffusionSettings().steps))  # the method's default
             diffusion_steps.fill("2")
             diffusion_steps.press("Enter")
             page.locator("#diffusion-run").click()

@@ -17,11 +17,11 @@ images it knows.
 
 A text-conditioned model (``LatentDenoiser`` with ``cond_dim``) is also given the prompt itself, as the
 embedding of the CLIP it was trained on, with classifier-free guidance (Ho & Salimans): eps(null) + cfg_scale *
-(eps(text) - eps(null)), both terms in one batched call; CLIP guidance then acts on that noise estimate.  With
-the shipped world model and the world guide, "a red circle" (32 images: seeds 0 to 3, batch 8) was ranked first
-by the world judge, a CLIP that did not guide, 32 times with the defaults (text 3, CLIP 0.5, 3 passes), 30 times
-with text 6 alone (0.4 s for 8 images against 78 s), and 28 times with CLIP guidance alone on the unconditioned
-prior this one replaced (``experiments/t2i_latent_diffusion.py``; the card of world-ldm).
+(eps(text) - eps(null)), both terms in one batched call; CLIP guidance then acts on that noise estimate.
+
+The defaults (25 DDIM steps, 3 passes, 8 views a pass) are the cheapest setting measured whose samples the world
+judge, a CLIP that did not guide, ranks first for "a red circle" as often as those of the 50-step, 16-view run
+they replaced, at a quarter of its time (``bench/default_run.py``; the figures are in ``docs/measured.md``).
 """
 
 from __future__ import annotations
@@ -56,18 +56,18 @@ class DiffusionSettings:
     """Every knob of a CLIP-guided diffusion run; a preset for method 'diffusion' holds exactly these keys."""
 
     prompt: str = "a red circle"
-    steps: int = 50  # DDIM steps
+    steps: int = 25  # DDIM steps
     guidance_scale: float = 0.5  # CLIP guidance; 0 = none (no guiding CLIP is loaded)
     cfg_scale: float = 3.0  # classifier-free guidance of a text-conditioned model: 0 = no text, 1 = plain
     #                         conditional samples, > 1 = more strongly what the text says; unconditioned models
     #                         have no text input and ignore it
     recurrence: int = 3  # passes per step (self-recurrence); 1 = plain guided DDIM
     guidance: str = "eps"  # "eps" (classifier guidance) or "x0" (a step on the predicted clean latent)
-    cutouts: int = 16  # whole-image views per step the guide scores
+    cutouts: int = 8  # whole-image views per step the guide scores
     noise: float = 0.5  # noise on those views, as in `generate`: guidance the judge agrees with, not adversarial
     eta: float = 0.0  # DDIM stochasticity: 0 = deterministic DDIM, 1 = DDPM-like
     size: int = 64  # output pixels (the decoded image, resized bilinearly: the world model decodes 32 px)
-    batch: int = 8  # drawn together: 10.1 s an image at batch 8 against 14.8 s alone (2 CPU cores)
+    batch: int = 8  # drawn together: cheaper per image than one by one (bench/diffusion_batching.py)
     seed: int = 0
     templates: str = "plain"
     model: str = DEFAULT_MODEL  # the guiding CLIP
