@@ -121,8 +121,7 @@ class Result:
         """The record as image ``index`` alone: for a batch of per-image seeds (``Method.batch_setting``), its own
         seed and a batch of one, so loading the saved picture's settings re-runs that picture only."""
         settings = self.record.get("settings", {})
-        method = methods().get(settings.get("method", ""))
-        key = method.batch_setting if method is not None else None
+        key = _batch_setting(settings)
         n = len(self.images)
         if key is None or n < 2 or settings.get(key) != n:
             return self.record
@@ -148,12 +147,17 @@ class Result:
         return save_image(self.images[index], path, record, protect=protect)
 
 
+def _batch_setting(settings: dict[str, Any]) -> str | None:
+    """The recorded method's ``Method.batch_setting`` (None for methods without per-image seeds)."""
+    method = methods().get(settings.get("method", ""))
+    return method.batch_setting if method is not None else None
+
+
 def batch_settings(settings: dict[str, Any]) -> dict[str, Any]:
     """The settings of the whole batch a picked image's record came from (the inverse of ``Result.record_for``);
     any other settings as they are. Batch jobs compare an output with the run they would make by these."""
     picked = settings.get("picked")
-    method = methods().get(settings.get("method", ""))
-    key = method.batch_setting if method is not None else None
+    key = _batch_setting(settings)
     if key is None or not isinstance(picked, list) or len(picked) != 2 or not isinstance(settings.get("seed"), int):
         return settings
     index, count = picked

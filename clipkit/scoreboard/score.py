@@ -59,8 +59,8 @@ TARGET_PRESERVATION = 0.80
 # steps: 60 s), edit 0.27 s a step in prompt mode and 0.47 s in directional mode (100 steps: 27 / 47 s),
 # CLIPstyler 0.7 s a step at 64 px (200 steps: 140 s) and 10 s a step at its default 512 px, PODA 37 s a task at
 # 512 px and 6 s at 64 px. With every default, 20 tasks a row would take over 2 hours (over 10 with
-# CLIPstyler at 512 px). The diffusion rows ran 15 of 50 steps at 3 passes until its defaults became 25 steps at
-# 2 passes (as many guided passes, each 1.5x cheaper: bench/guided_step.py); they now run at the defaults.
+# CLIPstyler at 512 px). The diffusion rows ran 15 of 50 steps (3 passes of 16 views) until its defaults became
+# 25 steps of 3 passes of 8 views, each pass also 1.5x cheaper (bench/guided_step.py): 8.5 s a task, at the defaults.
 BUDGET: dict[str, dict[str, Any]] = {
     "generate": {"steps": 40},  # x 0.27
     "edit": {"steps": 30},  # x 0.3, both edit rows

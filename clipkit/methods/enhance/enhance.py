@@ -159,10 +159,10 @@ def picture_id(x: Tensor) -> str:
     return f"{tuple(t.shape)}:" + hashlib.blake2b(t.numpy().tobytes(), digest_size=16).hexdigest()
 
 
-def reused_light(illumination: Artifact, x: Tensor) -> Tensor:
-    """The map of an earlier run, checked to be this picture's (else another picture's brightening would silently
-    come out): the cache behind the app's live strength slider."""
-    if illumination.meta.get("picture") != picture_id(x):
+def reused_light(illumination: Artifact, picture: str) -> Tensor:
+    """The map of an earlier run, checked to be this picture's (``picture_id``; else another picture's brightening
+    would silently come out): the cache behind the app's live strength slider."""
+    if illumination.meta.get("picture") != picture:
         raise ParameterError("the illumination map given was computed for another picture: leave it out (in the "
                              "app: press Run) to compute this picture's")
     return illumination.tensors["light"]
@@ -193,7 +193,8 @@ def enhance(
     record = {"method": "enhance", **asdict(s)}
     if cancel is not None and cancel.cancelled:
         return RunResult(x, record, [], {}, cancelled=True)
-    light = reused_light(illumination, x) if illumination is not None else None
+    picture = picture_id(x)  # hashed once a run: the live slider's redraw is this method's hot path
+    light = reused_light(illumination, picture) if illumination is not None else None
     t0 = time.perf_counter()
     tiles = [1, 1]
 
@@ -224,5 +225,5 @@ def enhance(
         callback(StepInfo(tiles[1], tiles[1], values, out))
     extras = {k: facts[k] for k in ("weights_sha256", "before", "after", "ms_per_megapixel") if k in facts}
     extras["illumination_reused"] = illumination is not None
-    extras["illumination"] = Artifact(ILLUMINATION_KIND, {"light": light.cpu()}, {"picture": picture_id(x), **made_by})
+    extras["illumination"] = Artifact(ILLUMINATION_KIND, {"light": light.cpu()}, {"picture": picture, **made_by})
     return RunResult(out, record, [values], {"enhance_s": seconds}, extras=extras)
