@@ -18,7 +18,9 @@ from typing import Any
 
 from clipkit.guidance.errors import ClipKitError
 from clipkit.guidance.threads import job_threads
-from clipkit.registry import Method, methods
+
+if typing.TYPE_CHECKING:
+    from clipkit.registry import Method
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -64,10 +66,19 @@ def _test_models(args: argparse.Namespace) -> bool:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from clipkit.ui.app import serve
+    """The app, behind a start page that answers at once (``clipkit.ui.starting``): gradio and torch are imported
+    only once the page is up, so this module and the serve arguments must not import them."""
+    from clipkit.ui.starting import StartPage
 
-    serve(host=args.host, port=args.port, test_models=_test_models(args), output_dir=args.output_dir,
-          concurrency=args.concurrency, inbrowser=args.open, weights_dirs=args.weights_dir, threads=args.threads)
+    with StartPage(args.host, args.port, open_browser=args.open) as page:
+        page.step("loading the web toolkit (gradio)")
+        import gradio  # noqa: F401  (its own stage: the longest one)
+
+        page.step("loading torch and the methods")
+        from clipkit.ui.app import serve
+
+        serve(host=args.host, port=args.port, test_models=_test_models(args), output_dir=args.output_dir,
+              concurrency=args.concurrency, weights_dirs=args.weights_dir, threads=args.threads, start_page=page)
     return 0
 
 
@@ -190,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="run one method: clipkit run METHOD --help lists its settings")
     per_method = r.add_subparsers(dest="method", required=True, metavar="METHOD")
+    from clipkit.registry import methods
+
     for m in methods().values():
         add_method_parser(per_method, m)
 
@@ -230,6 +243,16 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
                         "the app accepts no other server path")
 
 
+def _serve_argv(argv: list[str]) -> list[str] | None:
+    """The serve arguments when ``argv`` starts the app (no subcommand, or `serve`), else None; help goes to the
+    full parser, which lists every subcommand."""
+    if "-h" in argv or "--help" in argv:
+        return None
+    if not argv or argv[0].startswith("-"):
+        return argv
+    return argv[1:] if argv[0] == "serve" else None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and (argv[0] in VERBS or argv[0] in TOOLS):
@@ -238,11 +261,18 @@ def main(argv: list[str] | None = None) -> int:
         except ClipKitError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-    parser = build_parser()
-    _add_serve_args(parser)
-    args = parser.parse_args(argv)
-    if args.command is None:
+    serve_argv = _serve_argv(argv)
+    if serve_argv is not None:  # the app: parsed without the method registry, which imports torch
+        parser = argparse.ArgumentParser(prog="clipkit serve", description="serve the web app")
+        _add_serve_args(parser)
+        args = parser.parse_args(serve_argv)
         args.func = cmd_serve
+    else:
+        parser = build_parser()
+        _add_serve_args(parser)
+        args = parser.parse_args(argv)
+        if args.command is None:
+            args.func = cmd_serve
     try:
         return args.func(args)
     except (ClipKitError, OSError) as e:

@@ -16,7 +16,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,7 @@ import pytest
 from PIL import Image
 
 from clipkit.methods.diffusion.clip_guided_diffusion import DiffusionSettings
+from clipkit.ui.starting import answers
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = os.environ.get("CLIPKIT_CHROMIUM", "/usr/bin/chromium")
@@ -66,15 +66,11 @@ def server(tmp_path):
                             stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + START_TIMEOUT_S
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=2).close()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail(f"app did not start: {(tmp_path / 'server.log').read_text()[-3000:]}")
-            time.sleep(0.5)
+    while answers(url) is None:  # the start page; the test opens it and waits for it to turn into the app
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"app did not start: {(tmp_path / 'server.log').read_text()[-3000:]}")
+        time.sleep(0.1)
     yield url, tmp_path
     proc.terminate()
     try:
@@ -121,8 +117,9 @@ def test_app_in_headless_chromium(server):
             raise AssertionError(f"the {name} run wrote no result")
 
         try:
-            page.goto(url)
-            expect(page.locator("#test-mode-banner")).to_be_visible()
+            page.goto(url)  # while the app starts: its start page, which turns into the app by itself
+            assert "starting" in page.title()
+            expect(page.locator("#test-mode-banner")).to_be_visible(timeout=START_TIMEOUT_S * 1000)
 
             # the landing tab is Generate > Diffusion: a short sampling run draws a picture
             diffusion_steps = page.locator("#diffusion-steps input[type=number]")

@@ -55,6 +55,9 @@ from clipkit.presets import (
 from clipkit.registry import Control, Method, methods
 from clipkit.ui.live import LiveRenderer
 
+if typing.TYPE_CHECKING:
+    from clipkit.ui.starting import StartPage
+
 log = logging.getLogger(__name__)
 DEFAULT_OUTPUT_DIR = Path("outputs") / "app"  # beside where the app was started, like the CLI
 WEIGHTS_DIR_ENV = "CLIPKIT_WEIGHTS_DIR"  # weights files the app's clients may name (with any --weights-dir)
@@ -1041,14 +1044,19 @@ def build_app(test_models: bool = False, output_dir: Path | None = None, concurr
 
 def serve(host: str = "127.0.0.1", port: int = 7860, test_models: bool = False, output_dir: Path | None = None,
           concurrency: int = 1, inbrowser: bool = False, weights_dirs: list[str | os.PathLike] | None = None,
-          threads: int | None = None) -> None:
+          threads: int | None = None, start_page: StartPage | None = None) -> None:
     """Build and serve the app (blocks until interrupted). Runs are threads of this process and torch's thread
     count is process-wide, so it is set once here: ``threads``, else the cores // ``concurrency``
-    (``guidance.threads``), so that runs side by side do not oversubscribe the cores."""
+    (``guidance.threads``), so that runs side by side do not oversubscribe the cores. ``start_page``, the page the
+    command line serves while this starts, is told each stage and frees the address just before gradio binds it."""
     set_threads(jobs=concurrency, threads=threads)
     out = Path(output_dir or DEFAULT_OUTPUT_DIR)
     out.mkdir(parents=True, exist_ok=True)
+    if start_page is not None:
+        start_page.step("building the page")
     demo = build_app(test_models, out, concurrency, weights_dirs)
+    if start_page is not None:
+        start_page.close()
     # results and saved presets are served for download from these folders only
     allowed = [str(out), str(user_preset_dir())]
     demo.launch(server_name=host, server_port=port, allowed_paths=allowed, show_error=True, inbrowser=inbrowser,
