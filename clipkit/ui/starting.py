@@ -1,9 +1,9 @@
 """A page that answers on the app's address at once, while the app itself starts.
 
-Before the web app can answer, Python must import gradio (about 4.7 s on the 2-core development machine) and torch
-(about 2.5 s), and gradio must build and serve the page (about 3 s more): ten seconds in which a browser shows
-"connection refused". This server, standard library only so that it runs before either import, answers from the
-first tenth of a second with a page that shows what is loading and turns into the app when the app answers.
+Before the web app can answer, Python must import gradio and torch and gradio must build and serve the page:
+several seconds on a small machine in which a browser would show "connection refused". This server, standard
+library only so that it runs before either import, answers from the first tenth of a second with a page that
+shows what is loading and turns into the app when the app answers.
 
 The hand-over: once the app is built, ``close()`` frees the address and gradio binds it. The page polls
 ``STATUS_PATH``; while the start page answers, its replies carry the ``MARKER`` header, refused connections during
