@@ -27,10 +27,11 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from clipkit.ui.starting import wait_for_app
 
 HOST = "127.0.0.1"
 # no telemetry from the server, the clients or huggingface_hub: nothing but 127.0.0.1 is ever contacted
@@ -123,17 +124,12 @@ def start_server(workdir: Path, concurrency: int, threads: int) -> tuple[subproc
     log = open(workdir / "server.log", "w")  # noqa: SIM115 (closed with the process)
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=workdir)
     url = f"http://{HOST}:{port}/"
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the app exited ({proc.returncode}); see {workdir / 'server.log'}")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return proc, url
-        except OSError:
-            time.sleep(0.5)
-    proc.kill()
-    raise RuntimeError(f"the app did not answer on {url} within 180 s")
+    try:
+        wait_for_app(url, proc)
+    except RuntimeError as e:
+        proc.kill()
+        raise RuntimeError(f"{e}; see {workdir / 'server.log'}") from e
+    return proc, url
 
 
 def rss_of(pid: int) -> int:
@@ -171,7 +167,7 @@ def run_clients(url: str, jobs: list[Job], clients: int, downloads: Path) -> tup
             t0 = time.perf_counter()
             try:
                 out = client.predict(*endpoint_args(client, job), api_name=f"/run_{job.method}")
-                _, _, _, record, download = out
+                record, download = out[3], out[4]  # preview, status, gallery, record, download, then any extras
                 job.output, job.record = download, record or {}
             except Exception as e:  # a failed job is counted and reported, the others go on
                 job.error = f"{type(e).__name__}: {e}"

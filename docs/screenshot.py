@@ -22,11 +22,11 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 from PIL import Image
+
+from clipkit.ui.starting import wait_for_app
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = os.environ.get("CLIPKIT_CHROMIUM", "/usr/bin/chromium")
@@ -141,14 +141,10 @@ def main() -> None:
                                   stderr=subprocess.STDOUT)
         try:
             url = f"http://127.0.0.1:{port}/"
-            for _ in range(240):
-                try:
-                    urllib.request.urlopen(url, timeout=2).close()
-                    break
-                except OSError:
-                    if server.poll() is not None:
-                        sys.exit(f"app did not start:\n{(tmp / 'server.log').read_text()[-3000:]}")
-                    time.sleep(0.5)
+            try:
+                wait_for_app(url, server, timeout=120)
+            except RuntimeError as e:
+                sys.exit(f"{e}:\n{(tmp / 'server.log').read_text()[-3000:]}")
             with sync_playwright() as pw:
                 browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
                                              args=["--no-sandbox", "--disable-gpu"])

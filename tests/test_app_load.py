@@ -1,6 +1,7 @@
 """A bounded load test of the app on 127.0.0.1 (bench/app_load.py): 5 clients, 20 mixed small jobs, 2 at a time.
 
-Slow (about a minute on 2 cores, plus the server's start), so it runs only with ``CLIPKIT_LOAD_TEST=1``:
+Slow (about 40 s on 2 cores, with the server's start), so it runs only with ``CLIPKIT_LOAD_TEST=1``, which
+``.ci/run`` sets:
 
     CLIPKIT_LOAD_TEST=1 .venv/bin/python -m pytest -q tests/test_app_load.py
 """

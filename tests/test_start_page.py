@@ -122,3 +122,14 @@ def test_clipkit_serve_answers_at_once_then_becomes_the_app(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_waiting_for_the_app_is_not_fooled_by_the_start_page():
+    port = _free_port()
+    with StartPage("127.0.0.1", port):
+        with pytest.raises(RuntimeError, match="did not answer"):
+            starting.wait_for_app(f"http://127.0.0.1:{port}/", timeout=0.5)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    with pytest.raises(RuntimeError, match="exited"):
+        starting.wait_for_app(f"http://127.0.0.1:{port}/", gone, timeout=30)

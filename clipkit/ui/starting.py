@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
 import threading
 import time
 import urllib.error
@@ -189,3 +190,15 @@ def answers(url: str, timeout: float = 2.0) -> str | None:
             return "start page" if r.headers.get(MARKER) else "app"
     except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
         return None
+
+
+def wait_for_app(url: str, process: subprocess.Popen | None = None, timeout: float = 180.0) -> None:
+    """Block until the app itself, not its start page, answers ``url``: for scripts that drive a ``clipkit serve``
+    they started. RuntimeError when ``process`` exits first or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while answers(url) != "app":
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"the app exited ({process.returncode}) before it answered on {url}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the app did not answer on {url} within {timeout:.0f} s")
+        time.sleep(0.25)
