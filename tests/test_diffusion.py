@@ -17,6 +17,7 @@ from clipkit.guidance.errors import CheckpointError, ModelNameError, ParameterEr
 from clipkit.guidance.runs import CancelToken
 from clipkit.methods.diffusion.clip_guided_diffusion import DiffusionSettings, clip_guided_diffusion
 from clipkit.methods.diffusion.denoiser import LatentDenoiser
+from clipkit.methods.diffusion.img2img import Img2ImgSettings, img2img
 from clipkit.methods.diffusion.latent_model import (
     LatentModel,
     load_latent_model,
@@ -304,3 +305,85 @@ def test_trainer_runs_as_two_data_parallel_processes(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads((tmp_path / "run" / "done.json").read_text())["processes"] == 2
     assert load_latent_model(tmp_path / "model", device="cpu").latent_shape == (8, 4, 4)
+
+
+# ---------------------------------------------------------------- img2img (SDEdit, Blended Latent Diffusion)
+
+I2I = {"steps": 6, "recurrence": 1, "cutouts": 2, "prompt": "a blue circle"}
+
+
+def _picture() -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(1, 3, 24, 40, generator=g)  # not the VAE's size, not square
+
+
+def test_img2img_same_seed_same_picture_at_the_input_size_and_takes_rerun_alone(tiny_ldm, tiny_folder, tmp_path):
+    clip = api.tiny_model()
+    a = img2img(_picture(), clip=clip, latent_model=tiny_ldm, seed=2, batch=2, progress=False, **I2I)
+    b = img2img(_picture(), clip=clip, latent_model=tiny_ldm, seed=2, batch=2, progress=False, **I2I)
+    assert a.images.shape == (2, 3, 24, 40) and torch.equal(a.images, b.images)
+    assert not torch.allclose(a.images[0], a.images[1])  # two takes, each from its own noise
+    assert a.settings["steps_run"] == int(6 * 0.8) and a.settings["seeds"] == [2, 3]
+    run = api.run("img2img", image=_picture(), clip=clip, diffusion_model=str(tiny_folder), seed=2, batch=2, **I2I)
+    path = run.save(tmp_path / "take.png", index=1)
+    again = api.run(settings=path, image=_picture(), clip=clip)
+    assert again.settings["seed"] == 3 and again.tensors.shape[0] == 1
+    torch.testing.assert_close(again.tensors[0], run.tensors[1], atol=1e-4, rtol=0)
+
+
+def test_img2img_strength_sets_how_much_is_redrawn(tiny_ldm):
+    picture = _picture()
+    with torch.no_grad():
+        kept = tiny_ldm.decode(tiny_ldm.encode(picture), size=(24, 40))  # what the VAE alone gives back
+
+    def change(strength: float) -> float:
+        r = img2img(picture, latent_model=tiny_ldm, strength=strength, guidance_scale=0.0, seed=0, progress=False,
+                    **{**I2I, "steps": 10})
+        return float((r.images - kept).abs().mean())
+
+    low, high = change(0.1), change(1.0)
+    assert low < 0.5 * high, (low, high)
+
+
+def test_img2img_keeps_every_pixel_outside_the_mask(tiny_ldm):
+    picture = _picture()
+    mask = torch.zeros(24, 40)
+    mask[4:20, 8:24] = 1
+    for feather in (0.0, 3.0):
+        r = img2img(picture, mask=mask, clip=api.tiny_model(), latent_model=tiny_ldm, feather=feather, seed=1,
+                    progress=False, **I2I)
+        outside = (mask == 0).expand_as(r.images)
+        assert torch.equal(r.images[outside], picture.expand_as(r.images)[outside])
+        assert (r.images - picture).abs()[~outside].max() > 1e-2  # the region was redrawn
+        assert r.settings["masked"] and r.settings["mask"]
+
+
+def test_img2img_progress_counts_the_steps_run_and_cancel_keeps_a_picture(tiny_ldm):
+    seen, token = [], CancelToken()
+
+    def on_step(info):
+        seen.append((info.step, info.total))
+        if info.step == 2:
+            token.cancel()
+
+    r = img2img(_picture(), clip=api.tiny_model(), latent_model=tiny_ldm, callback=on_step, cancel=token,
+                progress=False, **{**I2I, "steps": 10, "strength": 0.5})
+    assert r.cancelled and [s for s in seen] == [(0, 5), (1, 5), (2, 5)]
+    assert r.images.shape == (1, 3, 24, 40) and torch.isfinite(r.images).all()
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"prompt": " "}, "needs a prompt"), ({"strength": 0.0}, "strength=0.0"), ({"strength": 1.5}, "strength=1.5"),
+    ({"feather": -1.0}, "feather=-1.0"), ({"recurrence": 0}, "recurrence=0"), ({"batch": 0}, "batch=0"),
+])
+def test_img2img_absurd_settings_are_named(bad, message):
+    with pytest.raises(ParameterError, match=message):
+        Img2ImgSettings(**{"prompt": "a blue circle", **bad}).validate()
+
+
+def test_img2img_takes_one_picture_and_is_registered_with_a_mask_input(tiny_ldm):
+    with pytest.raises(ParameterError, match="one picture at a time"):
+        img2img(torch.rand(2, 3, 16, 16), latent_model=tiny_ldm, guidance_scale=0.0, progress=False, **I2I)
+    m = api.get_method("img2img")
+    assert [(i.name, i.mask) for i in m.image_inputs] == [("image", True)] and m.batch_setting == "batch"
+    assert {p.name for p in api.list_presets() if p.method == "img2img"} >= {"img2img-recolour", "img2img-region"}

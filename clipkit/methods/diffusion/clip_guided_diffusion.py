@@ -26,6 +26,7 @@ they replaced, at a quarter of its time (``bench/default_run.py``; the figures a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -52,8 +53,8 @@ GUIDANCE_FORMS = ("eps", "x0")
 
 
 @dataclass
-class DiffusionSettings:
-    """Every knob of a CLIP-guided diffusion run; a preset for method 'diffusion' holds exactly these keys."""
+class SamplingSettings:
+    """The knobs of guided sampling that text to image and image to image share."""
 
     prompt: str = "a red circle"
     steps: int = 25  # DDIM steps
@@ -66,15 +67,14 @@ class DiffusionSettings:
     cutouts: int = 8  # whole-image views per step the guide scores
     noise: float = 0.5  # noise on those views, as in `generate`: guidance the judge agrees with, not adversarial
     eta: float = 0.0  # DDIM stochasticity: 0 = deterministic DDIM, 1 = DDPM-like
-    size: int = 64  # output pixels (the decoded image, resized bilinearly: the world model decodes 32 px)
-    batch: int = 8  # drawn together: cheaper per image than one by one (bench/diffusion_batching.py)
+    batch: int = 1  # images drawn together, image i from seed + i
     seed: int = 0
     templates: str = "plain"
     model: str = DEFAULT_MODEL  # the guiding CLIP
     pretrained: str | None = None
     diffusion_model: str = DEFAULT_LATENT_MODEL  # a packaged latent diffusion model or a folder path
 
-    def validate(self) -> DiffusionSettings:
+    def check_sampling(self) -> None:
         if self.guidance_scale > 0:
             parse_prompts(self.prompt)
         if not isinstance(self.steps, int) or not 1 <= self.steps <= 1000:
@@ -89,8 +89,6 @@ class DiffusionSettings:
             raise ParameterError(f"guidance='{self.guidance}' must be one of {', '.join(GUIDANCE_FORMS)}")
         if not 0 <= self.eta <= 1:
             raise ParameterError(f"eta={self.eta} must be in [0, 1]")
-        if not 16 <= self.size <= 1024:
-            raise ParameterError(f"size={self.size} must be in 16..1024")
         if not 1 <= self.batch <= 64:
             raise ParameterError(f"batch={self.batch} must be in 1..64")
         if self.templates not in TEMPLATE_SETS:
@@ -98,6 +96,19 @@ class DiffusionSettings:
         Cutouts(self.cutouts, min_frac=1.0, noise=self.noise)
         if not str(self.diffusion_model).strip():
             raise ParameterError("diffusion_model must name a latent diffusion model (e.g. 'world-ldm') or a folder")
+
+
+@dataclass
+class DiffusionSettings(SamplingSettings):
+    """Every knob of a CLIP-guided diffusion run; a preset for method 'diffusion' holds exactly these keys."""
+
+    size: int = 64  # output pixels (the decoded image, resized bilinearly: the world model decodes 32 px)
+    batch: int = 8  # drawn together: cheaper per image than one by one (bench/diffusion_batching.py)
+
+    def validate(self) -> DiffusionSettings:
+        self.check_sampling()
+        if not 16 <= self.size <= 1024:
+            raise ParameterError(f"size={self.size} must be in 16..1024")
         return self
 
 
@@ -132,32 +143,75 @@ def clip_guided_diffusion(
 ) -> RunResult:
     """Text to image by guided sampling; same settings and seed give the same images."""
     s = resolve_settings(DiffusionSettings, settings, overrides)
-    guided = s.guidance_scale > 0
-    given = clip  # also the text encoder of a text-conditioned model trained on its embeddings, when unguided
-
-    def load() -> tuple[LatentModel, ClipModel | None]:
-        ldm = latent_model or get_latent_model(s.diffusion_model)
-        return ldm, (clip or get_clip(s.model, s.pretrained)) if guided else None
-
-    (ldm, clip), t_load = timed(load)
-    device = ldm.device
+    (ldm, guide_clip), t_load = timed(lambda: load_models(s, clip, latent_model))
     seeds, gens = image_generators(s.seed, s.batch)  # image i: seed + i, its every draw from its own generator
+    sched = ldm.ddim()
+    sched.set_timesteps(s.steps)
+    x = randn_per_image(gens, ldm.latent_shape).to(ldm.device)
+    run = guided_ddim(s, ldm, guide_clip, clip, gens, sched, 0, x, s.size, callback, cancel, progress, "diffusion")
+    record = {"method": "diffusion", **asdict(s), "seeds": seeds,
+              "clip": guide_clip.name if guide_clip is not None else None, "diffusion_model_name": ldm.name,
+              "text_conditioned": run.conditioned}
+    return RunResult.from_loop(run.images, record, run.history, run.seconds, run.cancelled, t_load)
+
+
+def load_models(s: SamplingSettings, clip: ClipModel | None, latent_model: LatentModel | None
+                ) -> tuple[LatentModel, ClipModel | None]:
+    """The latent model, and the guiding CLIP when the run is guided (none is loaded for guidance_scale 0)."""
+    ldm = latent_model or get_latent_model(s.diffusion_model)
+    return ldm, (clip or get_clip(s.model, s.pretrained)) if s.guidance_scale > 0 else None
+
+
+@dataclass
+class Sampled:
+    images: torch.Tensor  # (B, 3, H, W) in [0, 1], on the CPU
+    history: list[dict[str, float]]
+    cancelled: bool
+    seconds: float
+    conditioned: bool  # whether the denoiser read the prompt (classifier-free guidance)
+
+
+def guided_ddim(
+    s: SamplingSettings,
+    ldm: LatentModel,
+    clip: ClipModel | None,
+    given: ClipModel | None,
+    gens: list[torch.Generator],
+    sched,
+    start: int,
+    x: torch.Tensor,
+    size: int | tuple[int, int],
+    callback: StepCallback | None,
+    cancel: CancelToken | None,
+    progress: bool,
+    desc: str,
+    region: torch.Tensor | None = None,
+    keep: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+) -> Sampled:
+    """CLIP-guided DDIM from latents ``x`` at ``sched.timesteps[start]`` to the clean latent, decoded at ``size``.
+
+    ``s`` holds the sampling fields (prompt, scales, recurrence, guidance form, views, eta, templates) that text to
+    image and image to image share. ``clip`` guides (None: unguided); ``given``, the caller's CLIP, also encodes the
+    prompt for a text-conditioned denoiser trained on its embeddings. ``region`` (pixels, 1 inside) confines what
+    the guide sees to the region (``guidance.regions.focus``); ``keep(latents, abar)`` puts back what must not
+    change in latents at noise level ``abar``, after every DDIM step (Blended Latent Diffusion's blend).
+    """
+    guided = clip is not None and s.guidance_scale > 0
+    device = ldm.device
     guide = None
     if guided:
         view = Cutouts(s.cutouts, min_frac=1.0, noise=s.noise)
         guide = Guide(clip, [PromptTerm(prompts=s.prompt, templates=TEMPLATE_SETS[s.templates], view=view)],
-                      generator=gens)
+                      mask=region, generator=gens)
     clip_px = clip.image_size if clip is not None else ldm.image_size
-    sched = ldm.ddim()
-    sched.set_timesteps(s.steps)
-    times = list(sched.timesteps)
+    times = list(sched.timesteps)[start:]
     abar = sched.alphas_cumprod
-    x = randn_per_image(gens, ldm.latent_shape).to(device)
+    batch = x.shape[0]
     x0_pred = x
     conditioned = ldm.denoiser.conditioned and s.cfg_scale > 0
-    cond = text_condition(ldm, s.prompt, clip or given).expand(s.batch, -1) if conditioned else None
+    cond = text_condition(ldm, s.prompt, clip or given).expand(batch, -1) if conditioned else None
 
-    keep = torch.arange(2 * s.batch, device=device) >= s.batch  # the text half of a batched cfg call
+    in_text_half = torch.arange(2 * batch, device=device) >= batch  # the text half of a batched cfg call
     cond2 = torch.cat([cond, cond]) if cond is not None else None
 
     def predict(xi: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -167,7 +221,7 @@ def clip_guided_diffusion(
             return ldm.denoiser(xi, t)
         if s.cfg_scale == 1:
             return ldm.denoiser(xi, t, cond)
-        plain, texted = ldm.denoiser(torch.cat([xi, xi]), t, cond2, keep).chunk(2)
+        plain, texted = ldm.denoiser(torch.cat([xi, xi]), t, cond2, in_text_half).chunk(2)
         return plain + s.cfg_scale * (texted - plain)
 
     def first_look(x0: torch.Tensor, t: torch.Tensor) -> None:
@@ -175,8 +229,8 @@ def clip_guided_diffusion(
         from the starting noise, decoded once. The callback sees it as step 0, within a decode of the start instead
         of a whole guided step later."""
         with torch.no_grad():
-            picture = ldm.decode(x0.detach(), size=s.size).cpu()
-        callback(StepInfo(0, s.steps, {"t": float(t)}, picture))
+            picture = ldm.decode(x0.detach(), size=size).cpu()
+        callback(StepInfo(0, len(times), {"t": float(t)}, picture))
 
     def denoise(i: int) -> dict[str, float]:
         """One DDIM step at times[i], with `recurrence` guided passes."""
@@ -197,7 +251,7 @@ def clip_guided_diffusion(
                     if s.guidance == "x0":
                         x0 = x0.detach().requires_grad_(True)
                     out = guide(ldm.decode(x0, size=clip_px).to(clip.device))
-                    (grad,) = out.grad(x0 if s.guidance == "x0" else xi, scale=s.batch)
+                    (grad,) = out.grad(x0 if s.guidance == "x0" else xi, scale=batch)
                     grad = _unit_rms(grad)
                     if s.guidance == "x0":
                         x0 = x0.detach() - s.guidance_scale * grad
@@ -209,6 +263,8 @@ def clip_guided_diffusion(
             x0_pred = x0.detach()
             noise = randn_per_image(gens, x.shape[1:]).to(device) if s.eta > 0 else None
             prev = sched.step(eps.detach(), t, x, eta=s.eta, variance_noise=noise).prev_sample
+            if keep is not None:
+                prev = keep(prev, a_prev)
             if r + 1 < passes:  # back to noise level t (q = abar_t / abar_prev), and denoise again
                 q = a_t / a_prev
                 x = q.sqrt() * prev + (1 - q).sqrt() * randn_per_image(gens, prev.shape[1:]).to(device)
@@ -218,13 +274,11 @@ def clip_guided_diffusion(
 
     def preview() -> torch.Tensor:
         with torch.no_grad():
-            return ldm.decode(x0_pred, size=s.size).cpu()
+            return ldm.decode(x0_pred, size=size).cpu()
 
     with torch.no_grad():
-        history, cancelled, seconds = run_steps(s.steps, denoise, callback, cancel, preview, preview_every=5,
-                                                progress=progress, desc="diffusion")
+        history, cancelled, seconds = run_steps(len(times), denoise, callback, cancel, preview, preview_every=5,
+                                                progress=progress, desc=desc)
         # a cancelled run keeps its current best guess of the clean image, not the half-noisy latent
-        final = ldm.decode(x0_pred if cancelled else x, size=s.size).cpu()
-    record = {"method": "diffusion", **asdict(s), "seeds": seeds, "clip": clip.name if clip is not None else None,
-              "diffusion_model_name": ldm.name, "text_conditioned": conditioned}
-    return RunResult.from_loop(final, record, history, seconds, cancelled, t_load)
+        final = ldm.decode(x0_pred if cancelled else x, size=size).cpu()
+    return Sampled(final, history, cancelled, seconds, conditioned)

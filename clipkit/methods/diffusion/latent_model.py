@@ -60,12 +60,23 @@ class LatentModel:
 
         return DDIMScheduler.from_config(self.scheduler_config, clip_sample=False, set_alpha_to_one=True)
 
-    def decode(self, latents: torch.Tensor, size: int | None = None) -> torch.Tensor:
-        """Images in [0, 1] of `latents`, bilinearly resized to `size` px (the VAE's own size by default)."""
+    def decode(self, latents: torch.Tensor, size: int | tuple[int, int] | None = None) -> torch.Tensor:
+        """Images in [0, 1] of `latents`, bilinearly resized to `size` px, square or (height, width) (the VAE's
+        own size by default)."""
         image = self.vae.decode(latents).sample.add(1).div(2)
-        if size is not None and size != image.shape[-1]:
-            image = F.interpolate(image, size=size, mode="bilinear", align_corners=False)
+        hw = (size, size) if isinstance(size, int) else size
+        if hw is not None and tuple(hw) != tuple(image.shape[-2:]):
+            image = F.interpolate(image, size=tuple(hw), mode="bilinear", align_corners=False)
         return image.clamp(0, 1)
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """The latents of images in [0, 1] (B, 3, H, W), resized to the VAE's size first: the posterior means, the
+        inverse of ``decode`` (the denoiser was trained on unscaled means)."""
+        size = self.image_size
+        x = images.to(self.device, torch.float32)
+        if tuple(x.shape[-2:]) != (size, size):
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        return self.vae.encode(x * 2 - 1).latent_dist.mean
 
 
 def packaged_latent_models() -> list[str]:
