@@ -123,6 +123,14 @@ def to_grey(image: Image.Image, name: str = "mask") -> Image.Image:
     return image if image.mode == "L" else image.convert("L")
 
 
+def mask_input(mask: Image.Image | torch.Tensor) -> torch.Tensor:
+    """A mask as users pass it (PIL, checked and oriented like ``to_grey``; or a tensor) as float values in [0, 1],
+    1 = may change; ``regions.prepare_mask`` then checks its shape and values against the picture."""
+    if isinstance(mask, Image.Image):
+        return torch.from_numpy(np.asarray(to_grey(mask), dtype=np.float32) / 255.0)
+    return mask
+
+
 def check_input_tensor(images: torch.Tensor, name: str = "images") -> torch.Tensor:
     """An image tensor a user passed: its shape, then its size (before any pass over its values), then its range."""
     check_images(images, name)

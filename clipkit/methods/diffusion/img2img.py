@@ -23,14 +23,13 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
 from clipkit.guidance.clip import ClipModel
 from clipkit.guidance.errors import ParameterError
-from clipkit.guidance.images import as_tensor, encode_mask
+from clipkit.guidance.images import as_tensor, encode_mask, mask_input
 from clipkit.guidance.regions import composite, feather, prepare_mask
 from clipkit.guidance.runs import (
     CancelToken,
@@ -88,9 +87,7 @@ def img2img(
     if source.shape[0] != 1:
         raise ParameterError(f"img2img takes one picture at a time, got {source.shape[0]} (batch makes "
                              "several takes of one)")
-    if isinstance(mask, Image.Image):
-        mask = torch.from_numpy(np.asarray(mask.convert("L"), dtype=np.float32) / 255.0)
-    painted = prepare_mask(mask, source) if mask is not None else None  # recorded as painted
+    painted = prepare_mask(mask_input(mask), source) if mask is not None else None  # recorded as painted
     m = feather(painted, s.feather) if painted is not None else None
     seeds, gens = image_generators(s.seed, s.batch)
     sched = ldm.ddim()

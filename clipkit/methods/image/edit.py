@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -20,7 +19,7 @@ from clipkit.guidance.augment import Cutouts
 from clipkit.guidance.clip import DEFAULT_MODEL, ClipModel, get_clip
 from clipkit.guidance.errors import ParameterError
 from clipkit.guidance.guide import DirectionalTerm, Guide, PromptTerm, Term, TVTerm
-from clipkit.guidance.images import as_tensor, encode_mask
+from clipkit.guidance.images import as_tensor, encode_mask, mask_input
 from clipkit.guidance.prompts import TEMPLATE_SETS, parse_prompts
 from clipkit.guidance.regions import composite, feather, prepare_mask
 from clipkit.guidance.runs import CancelToken, RunResult, StepCallback, check_steps, resolve_settings, run_steps, timed
@@ -89,9 +88,7 @@ def edit(
     s = resolve_settings(EditSettings, settings, overrides)
     clip, t_load = timed(lambda: clip or get_clip(s.model, s.pretrained))
     source = as_tensor(image, clip.device)
-    if isinstance(mask, Image.Image):
-        mask = torch.from_numpy(np.asarray(mask.convert("L"), dtype=np.float32) / 255.0)
-    painted = prepare_mask(mask, source) if mask is not None else None  # recorded as painted
+    painted = prepare_mask(mask_input(mask), source) if mask is not None else None  # recorded as painted
     m = feather(painted, s.feather) if painted is not None else None
     gen = torch.Generator().manual_seed(s.seed)
     param = PyramidImage(source.shape[-2:], base=source, decay=s.detail_decay).to(clip.device)
