@@ -61,16 +61,16 @@ def free_port() -> int:
 
 
 def make_jobs(count: int, folder: Path) -> list[Job]:
-    """``count`` small jobs cycling over five methods; seeds, prompts and pictures differ from job to job."""
+    """``count`` small jobs cycling over six methods; seeds, prompts and pictures differ from job to job."""
     from PIL import Image
 
     prompts = ["a red circle", "a blue square", "a green triangle", "a yellow star", "a purple cross"]
     jobs = []
     for i in range(count):
-        kind = ("generate", "edit", "diffusion", "stylize", "enhance")[i % 5]
+        kind = ("generate", "edit", "diffusion", "img2img", "stylize", "enhance")[i % 6]
         prompt = prompts[i % len(prompts)]
         image = None
-        if kind in ("edit", "stylize", "enhance"):
+        if kind in ("edit", "img2img", "stylize", "enhance"):
             image = folder / f"job{i}.png"
             colour = ((37 * i) % 256, (91 * i + 40) % 256, (53 * i + 90) % 256)
             pic = Image.new("RGB", (48, 48), colour)
@@ -81,6 +81,7 @@ def make_jobs(count: int, folder: Path) -> list[Job]:
             "edit": {"prompt": prompt, "steps": 2, "cutouts": 2, "seed": 200 + i},
             "diffusion": {"prompt": prompt, "steps": 2, "recurrence": 1, "batch": 1, "size": 32, "cutouts": 2,
                           "seed": 300 + i},
+            "img2img": {"prompt": prompt, "steps": 4, "strength": 0.5, "recurrence": 1, "cutouts": 2, "seed": 500 + i},
             "stylize": {"prompt": "a photo on a striped background", "size": 48, "seed": 400 + i},
             "enhance": {"strength": 0.5 + 0.05 * i},
         }[kind]

@@ -64,7 +64,7 @@ def test_progress_callback_and_cancel_keep_the_partial_result(fast_generate):
 def test_api_errors_name_the_problem(fast_generate):
     with pytest.raises(PresetError, match="unknown setting 'stepz' for method 'generate'; valid settings"):
         api.generate(clip="tiny", stepz=3)
-    with pytest.raises(ParameterError, match="unknown method 'dream'; available methods: diffusion, generate"):
+    with pytest.raises(ParameterError, match="unknown method 'dream'; available methods: diffusion, img2img, generate"):
         api.run("dream")
     with pytest.raises(ParameterError, match="method 'edit' needs image=<PIL image or tensor>"):
         api.run("edit", prompt="x", clip="tiny")
@@ -101,7 +101,7 @@ def test_an_edit_output_carries_its_mask_and_reproduces_exactly(tmp_path):
 
 def test_registry_has_only_working_methods_and_reports_missing_weights(tmp_path):
     names = list(methods())
-    assert names[:3] == ["diffusion", "generate", "edit"] and "enhance" in names
+    assert names[:4] == ["diffusion", "img2img", "generate", "edit"] and "enhance" in names
     for m in methods().values():
         assert m.field_names() and m.runner is not None
     msg = get_method("generate").missing(

@@ -74,7 +74,7 @@ def test_document_level_errors_are_specific():
         parse_preset({**good, "format": "other"})
     with pytest.raises(PresetError, match="version 2 is newer"):
         parse_preset({**good, "version": 2})
-    with pytest.raises(PresetError, match="unknown method 'dream'; available methods: diffusion, generate"):
+    with pytest.raises(PresetError, match="unknown method 'dream'; available methods: diffusion, img2img, generate"):
         parse_preset({**good, "method": "dream"})
     with pytest.raises(PresetError, match="a preset is a JSON object"):
         parse_preset([good])
