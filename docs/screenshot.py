@@ -4,11 +4,11 @@ headless chromium, and capture every main tab at 1280x900 (desktop) and 390x844 
     .venv/bin/python docs/screenshot.py [--out docs/screenshots] [--readme docs/app.png]
 
 Generate runs its default (Diffusion, "a red circle"); the first picture goes on to Edit (the edit-recolour
-preset) and to the feed-forward stylizer through Send to; StyleGAN draws its default samples; Backlit enhancement
-brightens a photo from ../shared/images/backlit where it is there; History lists them all. Pictures go to
-``--out`` as ``<tab>-1280x900.png`` and ``<tab>-390x844.png`` (reduced to 256 colours: small files; the phone
-shots start at the tab bar). ``--readme`` also writes the README's picture (the Generate tab at 1300x1000, as
-before).
+preset), to Img2img (img2img-recolour) and to the feed-forward stylizer through Send to; StyleGAN draws its
+default samples; Backlit enhancement brightens a photo from ../shared/images/backlit where it is there; History
+lists them all. Pictures go to ``--out`` as ``<tab>-1280x900.png`` and ``<tab>-390x844.png`` (reduced to 256
+colours: small files; the phone shots start at the tab bar). ``--readme`` also writes the README's picture (the
+Generate tab at 1300x1000, as before).
 
 Needs Debian's chromium (``apt-get install chromium``) and the Playwright package from requirements-dev.txt.
 Outputs and presets go to a temporary folder, so the screenshots never show another session's results.
@@ -31,8 +31,8 @@ from clipkit.ui.starting import wait_for_app
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = os.environ.get("CLIPKIT_CHROMIUM", "/usr/bin/chromium")
 PHOTO = ROOT.parent / "shared" / "images" / "backlit" / "91_51094235055_o.jpg"
-TABS = {"generate": "Generate", "edit": "Edit", "stylegan": "StyleGAN", "style-transfer": "Style transfer",
-        "backlit-enhancement": "Backlit enhancement", "history": "History"}
+TABS = {"generate": "Generate", "img2img": "Img2img", "edit": "Edit", "stylegan": "StyleGAN",
+        "style-transfer": "Style transfer", "backlit-enhancement": "Backlit enhancement", "history": "History"}
 SIZES = {"1280x900": (1280, 900), "390x844": (390, 844)}
 RUN_TIMEOUT_MS = 600_000  # the default diffusion run takes ~2 minutes on 2 busy cores
 
@@ -88,6 +88,13 @@ def make_runs(page, tmp: Path) -> None:
     page.get_by_role("option", name="edit-recolour").click()  # red circle -> blue circle, shapes kept
     expect(page.locator("#edit-preset-info")).to_contain_text("edit-recolour")
     run_and_wait(page, "edit")
+    open_tab(page, "Generate")
+    send(page, "diffusion", "Img2img (img2img)")
+    expect(page.locator("#img2img-image img")).to_be_visible()
+    page.locator("#img2img-preset input").click()
+    page.get_by_role("option", name="img2img-recolour").click()  # red circle -> blue circle, in place
+    expect(page.locator("#img2img-preset-info")).to_contain_text("img2img-recolour")
+    run_and_wait(page, "img2img")
     open_tab(page, "Generate")
     send(page, "diffusion", "Feed-forward (stylize)")
     expect(page.locator("#stylize-image img")).to_be_visible()
