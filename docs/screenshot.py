@@ -77,28 +77,28 @@ def settle(page) -> None:
     page.wait_for_timeout(800)
 
 
+def run_on_generated(page, title: str, method: str, preset: str | None = None) -> None:
+    """Send Generate's picture to the tab of ``method`` (titled ``title``), load ``preset`` there, run it."""
+    from playwright.sync_api import expect
+
+    open_tab(page, "Generate")
+    send(page, "diffusion", f"{title} ({method})")
+    expect(page.locator(f"#{method}-image img")).to_be_visible()
+    if preset is not None:
+        page.locator(f"#{method}-preset input").click()
+        page.get_by_role("option", name=preset).click()
+        expect(page.locator(f"#{method}-preset-info")).to_contain_text(preset)
+    run_and_wait(page, method)
+
+
 def make_runs(page, tmp: Path) -> None:
     """One result on every main tab, as a person would get them."""
     from playwright.sync_api import expect
 
     run_and_wait(page, "diffusion")
-    send(page, "diffusion", "Edit (edit)")
-    expect(page.locator("#edit-image img")).to_be_visible()
-    page.locator("#edit-preset input").click()
-    page.get_by_role("option", name="edit-recolour").click()  # red circle -> blue circle, shapes kept
-    expect(page.locator("#edit-preset-info")).to_contain_text("edit-recolour")
-    run_and_wait(page, "edit")
-    open_tab(page, "Generate")
-    send(page, "diffusion", "Img2img (img2img)")
-    expect(page.locator("#img2img-image img")).to_be_visible()
-    page.locator("#img2img-preset input").click()
-    page.get_by_role("option", name="img2img-recolour").click()  # red circle -> blue circle, in place
-    expect(page.locator("#img2img-preset-info")).to_contain_text("img2img-recolour")
-    run_and_wait(page, "img2img")
-    open_tab(page, "Generate")
-    send(page, "diffusion", "Feed-forward (stylize)")
-    expect(page.locator("#stylize-image img")).to_be_visible()
-    run_and_wait(page, "stylize")
+    run_on_generated(page, "Edit", "edit", "edit-recolour")  # red circle -> blue circle, shapes kept
+    run_on_generated(page, "Img2img", "img2img", "img2img-recolour")  # red circle -> blue circle, in place
+    run_on_generated(page, "Feed-forward", "stylize")
     open_tab(page, "StyleGAN")
     run_and_wait(page, "stylegan")
     open_tab(page, "Backlit enhancement")

@@ -149,9 +149,7 @@ def clip_guided_diffusion(
     sched.set_timesteps(s.steps)
     x = randn_per_image(gens, ldm.latent_shape).to(ldm.device)
     run = guided_ddim(s, ldm, guide_clip, clip, gens, sched, 0, x, s.size, callback, cancel, progress, "diffusion")
-    record = {"method": "diffusion", **asdict(s), "seeds": seeds,
-              "clip": guide_clip.name if guide_clip is not None else None, "diffusion_model_name": ldm.name,
-              "text_conditioned": run.conditioned}
+    record = {"method": "diffusion", **asdict(s), "seeds": seeds, **run.models}
     return RunResult.from_loop(run.images, record, run.history, run.seconds, run.cancelled, t_load)
 
 
@@ -168,7 +166,7 @@ class Sampled:
     history: list[dict[str, float]]
     cancelled: bool
     seconds: float
-    conditioned: bool  # whether the denoiser read the prompt (classifier-free guidance)
+    models: dict[str, object]  # for the record: the guiding CLIP, the diffusion model, whether it read the prompt
 
 
 def guided_ddim(
@@ -281,4 +279,6 @@ def guided_ddim(
                                                 progress=progress, desc=desc)
         # a cancelled run keeps its current best guess of the clean image, not the half-noisy latent
         final = ldm.decode(x0_pred if cancelled else x, size=size).cpu()
-    return Sampled(final, history, cancelled, seconds, conditioned)
+    models = {"clip": clip.name if guided else None, "diffusion_model_name": ldm.name,
+              "text_conditioned": conditioned}
+    return Sampled(final, history, cancelled, seconds, models)

@@ -113,8 +113,6 @@ def img2img(
     run = guided_ddim(s, ldm, guide_clip, clip, gens, sched, start, noised(abar0), tuple(source.shape[-2:]),
                       callback, cancel, progress, "img2img", region=m, keep=keep)
     final = composite(run.images, source.cpu(), m.cpu() if m is not None else None)
-    record = {"method": "img2img", **asdict(s), "seeds": seeds,
-              "clip": guide_clip.name if guide_clip is not None else None, "diffusion_model_name": ldm.name,
-              "text_conditioned": run.conditioned, "steps_run": s.steps - start, "masked": m is not None,
-              "mask": encode_mask(painted) if painted is not None else None}
+    record = {"method": "img2img", **asdict(s), "seeds": seeds, **run.models, "steps_run": s.steps - start,
+              "masked": m is not None, "mask": encode_mask(painted) if painted is not None else None}
     return RunResult.from_loop(final, record, run.history, run.seconds, run.cancelled, t_load)
